@@ -1,0 +1,182 @@
+"""Fashion-MNIST on disk: find a source, verify it, parse IDX, split, and save/load the prepared tensors."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import shutil
+import tempfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from stages.errors import UserError
+from stages.files import write_with
+from stages.params import IMAGE_SIDE, NUM_CLASSES, DataParams
+
+CLASS_NAMES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)  # fmt: skip
+
+# MD5 of the decompressed IDX bytes: Debian re-compressed the .gz files, so their own checksums differ upstream's.
+RAW_FILES = {
+    "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+    "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
+    "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
+    "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
+}
+IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049
+SPLIT_SIZES = {"train": 60_000, "t10k": 10_000}
+
+RAW_DIR = Path("data/raw")
+DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+PREPARED_DIR = Path("data/prepared")
+ENV_VAR = "FASHION_MNIST_DIR"
+HOW_TO_GET = (
+    "install it with `sudo apt-get install dataset-fashion-mnist`, "
+    f"or point {ENV_VAR} (or data.raw_dir in params.yaml) at a folder holding the four IDX files, "
+    "or connect to the internet so torchvision can download them into data/raw/"
+)
+
+
+class DataError(UserError):
+    pass
+
+
+@dataclass(frozen=True)
+class Split:
+    images: np.ndarray  # uint8, (N, 28, 28)
+    labels: np.ndarray  # int64, (N,)
+
+
+def _file_in(folder: Path, name: str) -> Path | None:
+    for candidate in (folder / name, folder / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _complete(folder: Path) -> bool:
+    return all(_file_in(folder, name) for name in RAW_FILES)
+
+
+def find_source(raw_dir: str | None) -> Path:
+    """The folder with the four IDX files: params, then the environment, data/raw, Debian's package, download."""
+    named = [
+        (f"data.raw_dir in params.yaml ({raw_dir})", raw_dir),
+        (f"{ENV_VAR}={os.environ.get(ENV_VAR)}", os.environ.get(ENV_VAR)),
+    ]
+    for label, value in named:
+        if value:
+            folder = Path(value).expanduser()
+            if not _complete(folder):
+                missing = [n for n in RAW_FILES if not _file_in(folder, n)]
+                raise DataError(f"{label} lacks {', '.join(missing)} (.gz or decompressed); fix the path or unset it")
+            return folder
+    for folder in (RAW_DIR, DEBIAN_DIR):
+        if _complete(folder):
+            return folder
+    return download(RAW_DIR)
+
+
+def download(target: Path) -> Path:
+    """Last resort: torchvision's downloader (needs internet); keeps the .gz files in data/raw/."""
+    from torchvision.datasets import FashionMNIST
+
+    tried = f"data.raw_dir, {ENV_VAR}, {RAW_DIR}/, {DEBIAN_DIR}/ and a download"
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            for train in (True, False):
+                FashionMNIST(tmp, train=train, download=True)
+        except Exception as exc:  # any network or mirror failure means the same thing to the user
+            reason = str(exc).strip().splitlines()[0][:100] if str(exc).strip() else type(exc).__name__
+            raise DataError(f"Fashion-MNIST not found (tried {tried}: {reason}); {HOW_TO_GET}") from None
+        target.mkdir(parents=True, exist_ok=True)
+        for name in RAW_FILES:
+            shutil.copy(Path(tmp, "FashionMNIST", "raw", f"{name}.gz"), target / f"{name}.gz")
+    return target
+
+
+def read_idx(path: Path, name: str) -> np.ndarray:
+    """Parse one IDX file (plain or gzip) after checking its MD5 and header."""
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise DataError(f"{path} is a truncated or corrupt gzip file ({exc}); download or reinstall it") from None
+    actual = hashlib.md5(raw).hexdigest()
+    if actual != RAW_FILES[name]:
+        raise DataError(
+            f"{path} has the wrong checksum (MD5 of the decompressed bytes: expected {RAW_FILES[name]}, "
+            f"got {actual}); replace it with the official file"
+        )
+    split = name.split("-")[0]
+    images = "images" in name
+    magic = IMAGES_MAGIC if images else LABELS_MAGIC
+    dims = (SPLIT_SIZES[split], IMAGE_SIDE, IMAGE_SIDE) if images else (SPLIT_SIZES[split],)
+    header = np.frombuffer(raw, dtype=">u4", count=1 + len(dims)) if len(raw) >= 4 * (1 + len(dims)) else []
+    if (
+        len(header) == 0
+        or header[0] != magic
+        or tuple(header[1:]) != dims
+        or len(raw) != 4 * len(header) + np.prod(dims)
+    ):
+        raise DataError(
+            f"{path} is not an IDX file of magic {magic} and shape {dims}; replace it with the official file"
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 * len(header)).reshape(dims)
+
+
+def load_raw(folder: Path) -> tuple[Split, Split]:
+    """The official 60,000 training and 10,000 test images."""
+    arrays = {name: read_idx(_file_in(folder, name), name) for name in RAW_FILES}
+    train = Split(arrays["train-images-idx3-ubyte"], arrays["train-labels-idx1-ubyte"].astype(np.int64))
+    test = Split(arrays["t10k-images-idx3-ubyte"], arrays["t10k-labels-idx1-ubyte"].astype(np.int64))
+    return train, test
+
+
+def stratified_sample(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Sorted indices of n items whose class proportions match `labels` (largest remainders break ties)."""
+    counts = np.bincount(labels, minlength=NUM_CLASSES)
+    exact = n * counts / counts.sum()
+    take = np.floor(exact).astype(int)
+    for cls in np.argsort(-(exact - take), kind="stable")[: n - take.sum()]:
+        take[cls] += 1
+    chosen = [rng.choice(np.flatnonzero(labels == cls), size=k, replace=False) for cls, k in enumerate(take)]
+    return np.sort(np.concatenate(chosen))
+
+
+def split_train(train: Split, cfg: DataParams) -> tuple[Split, Split]:
+    """Carve a stratified validation set out of the training images, then optionally shrink the rest."""
+    rng = np.random.default_rng(cfg.seed)
+    val_idx = stratified_sample(train.labels, cfg.val_size, rng)
+    rest = np.setdiff1d(np.arange(len(train.labels)), val_idx)
+    if cfg.train_limit is not None:
+        rest = rest[stratified_sample(train.labels[rest], cfg.train_limit, rng)]
+    pick = lambda idx: Split(train.images[idx], train.labels[idx])  # noqa: E731
+    return pick(rest), pick(val_idx)
+
+
+def save_split(split: Split, name: str, folder: Path = PREPARED_DIR) -> None:
+    # Plain .npy: byte-identical for identical arrays, so DVC sees no change when nothing changed.
+    for kind, array in (("images", split.images), ("labels", split.labels)):
+        write_with(folder / f"{name}_{kind}.npy", lambda tmp, a=array: _save_npy(tmp, a))
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as f:  # a file object, because np.save appends .npy to a bare path
+        np.save(f, array)
+
+
+def load_split(name: str, folder: Path = PREPARED_DIR) -> Split:
+    try:
+        images = np.load(folder / f"{name}_images.npy", allow_pickle=False)
+        labels = np.load(folder / f"{name}_labels.npy", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise DataError(
+            f"cannot read the prepared {name} split in {folder}/ ({exc}); run `dvc repro prepare`"
+        ) from None
+    return Split(images, labels)

@@ -1,0 +1,269 @@
+"""Training and evaluation on whole splits held in memory as tensors, plus checkpoint I/O."""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import random
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from stages.data import CLASS_NAMES, Split
+from stages.errors import UserError
+from stages.files import load_torch, save_torch
+from stages.models import build_model
+from stages.params import CNNParams, MLPParams, ParamsError, TrainParams, parse_section, to_dict
+
+EVAL_BATCH = 1000
+HISTORY_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds")
+
+
+class Diverged(UserError):
+    pass
+
+
+def resolve_device(name: str) -> torch.device:
+    available = {
+        "cuda": torch.cuda.is_available(),
+        "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(),
+    }
+    if name == "auto":
+        return torch.device(next((dev for dev, ok in available.items() if ok), "cpu"))
+    if name != "cpu" and not available[name]:
+        raise ParamsError(f"params.yaml: device {name} is not available on this machine; use auto or cpu")
+    return torch.device(name)
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for training, or None for float32.
+
+    `auto` picks bfloat16 only where the hardware runs it natively (CUDA with bf16, or a CPU with AMX
+    tiles, where it doubled CNN throughput on our 2-core machine); elsewhere bf16 would be emulated and slow.
+    """
+    if name == "fp32" or device.type == "mps":
+        return None
+    if name == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if torch.backends.cpu.get_cpu_capability() == "AVX512" and _has_amx() else None
+
+
+def _has_amx() -> bool:
+    try:
+        return "amx_tile" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+def seed_everything(seed: int, device: torch.device) -> torch.Generator:
+    """Seed every RNG and force deterministic kernels; returns the generator for shuffling and augmentation."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    # Some CUDA kernels (pooling backward) have no deterministic variant: warn there instead of failing.
+    torch.use_deterministic_algorithms(True, warn_only=device.type != "cpu")
+    return torch.Generator().manual_seed(seed)
+
+
+def to_inputs(images: np.ndarray, cfg: TrainParams, device: torch.device) -> torch.Tensor:
+    """uint8 (N, 28, 28) -> normalized float (N, 1, 28, 28) on the device, once per split."""
+    x = torch.from_numpy(images).to(device=device, dtype=torch.float32).div_(255).unsqueeze(1)
+    return x.sub_(cfg.normalize.mean).div_(cfg.normalize.std)
+
+
+def augment(x: torch.Tensor, cfg: TrainParams, gen: torch.Generator) -> torch.Tensor:
+    """Random horizontal flips and shifts per image, done on the whole batch at once."""
+    n = x.shape[0]
+    if cfg.augment.hflip:
+        flip = (torch.rand(n, generator=gen) < 0.5).to(x.device)
+        x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    s = cfg.augment.shift
+    if s:
+        background = -cfg.normalize.mean / cfg.normalize.std
+        padded = F.pad(x, (s, s, s, s), value=background)
+        dy, dx = (torch.randint(0, 2 * s + 1, (2, n), generator=gen)).to(x.device)
+        grid = torch.arange(x.shape[-1], device=x.device)
+        rows = (dy[:, None] + grid)[:, :, None]
+        cols = (dx[:, None] + grid)[:, None, :]
+        x = padded[torch.arange(n, device=x.device)[:, None, None], 0, rows, cols].unsqueeze(1)
+    return x
+
+
+def _layout(cfg: TrainParams) -> torch.memory_format:
+    return torch.channels_last if isinstance(cfg, CNNParams) and cfg.channels_last else torch.contiguous_format
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, x: torch.Tensor, cfg: TrainParams) -> torch.Tensor:
+    """Logits for a whole split in large batches, in float32, without gradients."""
+    model.eval()
+    layout = _layout(cfg)
+    return torch.cat(
+        [model(x[i : i + EVAL_BATCH].contiguous(memory_format=layout)).float() for i in range(0, len(x), EVAL_BATCH)]
+    )
+
+
+@dataclass(frozen=True)
+class Scores:
+    loss: float
+    accuracy: float
+    logits: torch.Tensor
+
+
+def score(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainParams) -> Scores:
+    logits = predict_logits(model, x, cfg)
+    y = y.to(logits.device)
+    loss = round(F.cross_entropy(logits, y).item(), 6)
+    accuracy = (logits.argmax(1) == y).sum().item() / len(y)  # exact: 9343 / 10000, not a float32 mean
+    return Scores(loss, accuracy, logits.cpu())
+
+
+def _optimizer(model: nn.Module, cfg: TrainParams) -> torch.optim.Optimizer:
+    # Weight decay on weight matrices and kernels only: decaying biases and BN scales only hurts.
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    rest = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def _scheduler(opt: torch.optim.Optimizer, cfg: TrainParams, steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """A per-batch schedule over `steps` batches; `step` divides the lr by 10 at 50 % and 75 % of training."""
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps, pct_start=cfg.warmup)
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    milestones = [steps // 2, steps * 3 // 4] if cfg.schedule == "step" else []
+    return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
+
+
+@dataclass
+class FitResult:
+    model: nn.Module
+    best_epoch: int
+    history: list[dict]
+
+
+def fit(cfg: MLPParams | CNNParams, train: Split, val: Split, device: torch.device) -> FitResult:
+    """Train a fresh model; keep the weights of the epoch with the best validation accuracy."""
+    gen = seed_everything(cfg.seed, device)
+    model = build_model(cfg).to(device=device, memory_format=_layout(cfg))
+    x_train, y_train = to_inputs(train.images, cfg, device), torch.from_numpy(train.labels).to(device)
+    x_val, y_val = to_inputs(val.images, cfg, device), torch.from_numpy(val.labels).to(device)
+    n, batch = len(x_train), cfg.batch_size
+    batches = math.ceil(n / batch)
+    opt = _optimizer(model, cfg)
+    sched = _scheduler(opt, cfg, cfg.epochs * batches)
+    autocast = resolve_precision(cfg.precision, device)
+    layout = _layout(cfg)
+    history: list[dict] = []
+    best = (-1.0, 0, None)
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        start = time.perf_counter()
+        loss_sum, correct = torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long)
+        order = torch.randperm(n, generator=gen).to(device)
+        bar = tqdm(
+            total=batches,
+            desc=f"{cfg.name} {epoch}/{cfg.epochs}",
+            unit="batch",
+            leave=False,
+            file=sys.stderr,
+            disable=None,
+        )
+        for b in range(batches):
+            idx = order[b * batch : (b + 1) * batch]
+            xb = augment(x_train[idx], cfg, gen).contiguous(memory_format=layout)
+            yb = y_train[idx]
+            with torch.autocast(device.type, dtype=autocast) if autocast else nullcontext():
+                logits = model(xb)
+                loss = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
+            value = loss.item()
+            if not math.isfinite(value):
+                bar.close()
+                raise Diverged(
+                    f"{cfg.name} diverged in epoch {epoch}: the training loss became {value}; "
+                    f"lower {cfg.name}.lr (now {cfg.lr:g}) and rerun"
+                )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            loss_sum += loss.detach() * len(idx)
+            correct += (logits.argmax(1) == yb).sum()
+            bar.update()
+            if b % 20 == 0:
+                done = min((b + 1) * batch, n)
+                bar.set_postfix(loss=f"{value:.3f}", img_s=f"{done / (time.perf_counter() - start):,.0f}")
+        bar.close()
+        val_scores = score(model, x_val, y_val, cfg)
+        seconds = time.perf_counter() - start
+        row = {
+            "epoch": epoch,
+            "train_loss": loss_sum.item() / n,
+            "train_accuracy": correct.item() / n,
+            "val_loss": val_scores.loss,
+            "val_accuracy": val_scores.accuracy,
+            "lr": opt.param_groups[0]["lr"],
+            "seconds": seconds,
+        }
+        history.append(row)
+        print(
+            f"{cfg.name} epoch {epoch}/{cfg.epochs}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f}"
+            f" | val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f} | lr {row['lr']:.2e}"
+            f" | {seconds:.1f} s, {n / seconds:,.0f} img/s",
+            flush=True,
+        )
+        if val_scores.accuracy > best[0]:
+            best = (val_scores.accuracy, epoch, copy.deepcopy(model.state_dict()))
+    model.load_state_dict(best[2])
+    return FitResult(model, best[1], history)
+
+
+def save_checkpoint(path: str | Path, result: FitResult, cfg: MLPParams | CNNParams) -> None:
+    state = {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}
+    save_torch(path, {
+        "model": cfg.name,
+        "params": to_dict(cfg),
+        "class_names": list(CLASS_NAMES),
+        "best_epoch": result.best_epoch,
+        "state_dict": state,
+    })  # fmt: skip
+
+
+def load_checkpoint(path: str | Path, name: str) -> tuple[nn.Module, MLPParams | CNNParams]:
+    """Rebuild a model from its checkpoint (weights_only), checking it is the model and shapes it claims."""
+    ckpt = load_torch(path)
+    if not isinstance(ckpt, dict) or not {"model", "params", "state_dict"} <= ckpt.keys() or ckpt["model"] != name:
+        raise UserError(f"{path} is not a {name} checkpoint of this project; retrain with `dvc repro train_{name}`")
+    try:
+        cfg = parse_section(name, ckpt["params"])
+    except ParamsError as exc:
+        raise UserError(f"{path} carries invalid params ({exc}); retrain with `dvc repro train_{name}`") from None
+    model = build_model(cfg)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in ckpt["state_dict"].items()}
+    if expected != found:
+        diff = sorted(set(expected.items()) ^ set(found.items()))
+        key = diff[0][0]
+        raise UserError(
+            f"{path} does not match its own {name} params: {key} has shape {found.get(key, 'missing')}, "
+            f"the params build {expected.get(key, 'no such tensor')}; retrain with `dvc repro train_{name}`"
+        )
+    model.load_state_dict(ckpt["state_dict"])
+    return model.to(memory_format=_layout(cfg)), cfg

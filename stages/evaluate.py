@@ -1,0 +1,75 @@
+"""evaluate: both trained models on the official test split and the validation split -> metrics and plot data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from stages.data import CLASS_NAMES, load_split
+from stages.engine import load_checkpoint, score, seed_everything, to_inputs
+from stages.errors import entry_point
+from stages.files import write_json, write_with
+from stages.models import build_model, count_parameters
+from stages.params import MODELS, NUM_CLASSES
+
+
+def confusion(actual: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """Counts with actual classes as rows and predicted classes as columns."""
+    return np.bincount(actual * NUM_CLASSES + predicted, minlength=NUM_CLASSES**2).reshape(NUM_CLASSES, NUM_CLASSES)
+
+
+def per_class(matrix: np.ndarray) -> pd.DataFrame:
+    hits = np.diag(matrix).astype(float)
+    recall = hits / np.maximum(matrix.sum(1), 1)
+    precision = hits / np.maximum(matrix.sum(0), 1)
+    f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
+    return pd.DataFrame({
+        "class": CLASS_NAMES, "accuracy": recall, "precision": precision, "f1": f1, "support": matrix.sum(1),
+    })  # fmt: skip
+
+
+def evaluate_model(name: str) -> None:
+    model, cfg = load_checkpoint(f"models/{name}.pt", name)
+    test, val = load_split("test"), load_split("val")
+    device = torch.device("cpu")
+    x_test, y_test = to_inputs(test.images, cfg, device), torch.from_numpy(test.labels)
+    tested = score(model, x_test, y_test, cfg)
+    validated = score(model, to_inputs(val.images, cfg, device), torch.from_numpy(val.labels), cfg)
+    seed_everything(cfg.seed, device)  # the same initial weights training started from
+    untrained = score(build_model(cfg), x_test, y_test, cfg)
+
+    probs = tested.logits.softmax(1)
+    predicted = probs.argmax(1).numpy()
+    classes = per_class(confusion(test.labels, predicted))
+    history = pd.read_csv(f"plots/{name}/history.csv")
+    train_images = len(load_split("train").labels)
+    seconds = float(history["seconds"].sum())
+    metrics = {
+        "test": {"accuracy": tested.accuracy, "loss": tested.loss, "macro_f1": float(classes["f1"].mean())},
+        "val": {"accuracy": validated.accuracy, "loss": validated.loss},
+        "untrained": {"accuracy": untrained.accuracy, "loss": untrained.loss},
+        "parameters": count_parameters(model),
+        "train": {
+            "epochs": len(history),
+            "seconds": round(seconds, 1),
+            "images_per_second": round(train_images * len(history) / seconds),
+        },
+    }
+    names = np.array(CLASS_NAMES)
+    confidence = probs.max(1).values.numpy().round(4)
+    predictions = pd.DataFrame({"actual": names[test.labels], "predicted": names[predicted], "probability": confidence})
+    write_with(f"plots/{name}/per_class.csv", lambda tmp: classes.to_csv(tmp, index=False, float_format="%.4f"))
+    write_with(f"plots/{name}/predictions.csv", lambda tmp: predictions.to_csv(tmp, index=False))
+    write_json(f"metrics/{name}.json", metrics)
+    print(f"evaluate {name}: test accuracy {tested.accuracy:.4f}, val accuracy {validated.accuracy:.4f}")
+
+
+@entry_point
+def main() -> None:
+    for name in MODELS:
+        evaluate_model(name)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,184 @@
+"""report: metrics/report.md and the PNG figures in plots/, the MLP-vs-CNN comparison a person reads."""
+
+from __future__ import annotations
+
+import json
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import yaml  # noqa: E402
+
+from stages.data import CLASS_NAMES, load_split  # noqa: E402
+from stages.errors import UserError, entry_point  # noqa: E402
+from stages.files import write_text, write_with  # noqa: E402
+from stages.params import MODELS, read_yaml  # noqa: E402
+
+LABELS = {"mlp": "MLP", "cnn": "CNN"}
+GALLERY = 16
+
+
+def _read_csv(path: str) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path)
+    except (OSError, pd.errors.ParserError) as exc:
+        raise UserError(f"cannot read {path} ({exc}); run `dvc repro` to regenerate it") from None
+
+
+def _read_metrics(name: str) -> dict:
+    path = f"metrics/{name}.json"
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"cannot read {path} ({exc}); run `dvc repro evaluate`") from None
+
+
+def _save(fig: plt.Figure, path: str) -> None:
+    fig.tight_layout()
+    write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
+
+
+def comparison(metrics: dict[str, dict]) -> pd.DataFrame:
+    rows = {
+        LABELS[name]: {
+            "parameters": m["parameters"],
+            "epochs": m["train"]["epochs"],
+            "train s": m["train"]["seconds"],
+            "images/s": m["train"]["images_per_second"],
+            "val accuracy": m["val"]["accuracy"],
+            "test accuracy": m["test"]["accuracy"],
+            "test loss": m["test"]["loss"],
+            "macro-F1": m["test"]["macro_f1"],
+            "untrained accuracy": m["untrained"]["accuracy"],
+        }
+        for name, m in metrics.items()
+    }
+    table = pd.DataFrame(rows).T
+    table.loc["CNN − MLP"] = table.loc["CNN"] - table.loc["MLP"]
+    return table
+
+
+def plot_curves(histories: dict[str, pd.DataFrame], metric: str, path: str) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, history in histories.items():
+        for split, style in (("train", "--"), ("val", "-")):
+            ax.plot(history["epoch"], history[f"{split}_{metric}"], style, marker=".", label=f"{LABELS[name]} {split}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric.capitalize()} per epoch (train: augmented batches, label-smoothed loss)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save(fig, path)
+
+
+def plot_confusion(predictions: pd.DataFrame, name: str, path: str) -> None:
+    counts = pd.crosstab(
+        pd.Categorical(predictions["actual"], CLASS_NAMES),
+        pd.Categorical(predictions["predicted"], CLASS_NAMES),
+        dropna=False,
+    ).to_numpy()
+    share = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(7.5, 6.5))
+    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(CLASS_NAMES)):
+        for j in range(len(CLASS_NAMES)):
+            ax.text(
+                j,
+                i,
+                counts[i, j],
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if share[i, j] > 0.5 else "black",
+            )
+    ax.set_xticks(range(len(CLASS_NAMES)), CLASS_NAMES, rotation=45, ha="right")
+    ax.set_yticks(range(len(CLASS_NAMES)), CLASS_NAMES)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    ax.set_title(f"{LABELS[name]} confusion matrix, official test set (counts; colour: share of the row)")
+    _save(fig, path)
+
+
+def plot_mistakes(predictions: pd.DataFrame, images: np.ndarray, name: str, path: str) -> None:
+    wrong = predictions[predictions["actual"] != predictions["predicted"]]
+    worst = wrong.sort_values("probability", ascending=False, kind="stable").head(GALLERY)
+    fig, axes = plt.subplots(2, GALLERY // 2, figsize=(GALLERY // 2 * 1.6, 2 * 2.1))
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (i, row) in zip(axes.flat, worst.iterrows(), strict=False):
+        ax.imshow(images[i], cmap="gray", vmin=0, vmax=255)
+        ax.set_title(f"true {row.actual}\npred {row.predicted}\n{row.probability:.0%}", fontsize=7)
+    fig.suptitle(f"{LABELS[name]}: most confident mistakes on the test set")
+    _save(fig, path)
+
+
+def markdown(table: pd.DataFrame, classes: pd.DataFrame, params: dict) -> str:
+    fmt = table.copy().astype(object)
+    for col in ("parameters", "epochs", "images/s"):
+        fmt[col] = [f"{v:+,.0f}" if label == "CNN − MLP" else f"{v:,.0f}" for label, v in table[col].items()]
+    fmt["train s"] = [f"{v:+.0f}" if label == "CNN − MLP" else f"{v:.0f}" for label, v in table["train s"].items()]
+    for col in ("val accuracy", "test accuracy", "test loss", "macro-F1", "untrained accuracy"):
+        fmt[col] = [f"{v:+.4f}" if label == "CNN − MLP" else f"{v:.4f}" for label, v in table[col].items()]
+    figures = "\n\n".join(
+        f"![{alt}](../plots/{png})"
+        for alt, png in (
+            ("Loss curves", "loss.png"),
+            ("Accuracy curves", "accuracy.png"),
+            ("MLP confusion matrix", "confusion_mlp.png"),
+            ("CNN confusion matrix", "confusion_cnn.png"),
+            ("CNN's most confident mistakes", "mistakes_cnn.png"),
+            ("Training samples", "samples.png"),
+        )
+    )
+    return f"""# Fashion-MNIST: MLP vs CNN
+
+Generated by the `report` stage from `metrics/*.json` and `plots/*/*.csv`; do not edit by hand.
+Test: the official 10,000 test images, never used for training or model selection.
+
+## Comparison
+
+{fmt.to_markdown(colalign=("left",) + ("right",) * len(fmt.columns))}
+
+## Per-class test accuracy
+
+{classes.to_markdown(index=False, floatfmt=("", ".4f", ".4f", "+.4f"))}
+
+## Figures
+
+{figures}
+
+## Params that produced these results
+
+```yaml
+{yaml.safe_dump(params, sort_keys=False, default_flow_style=None).rstrip()}
+```
+"""
+
+
+@entry_point
+def main() -> None:
+    raw = read_yaml()
+    params = {section: raw.get(section) for section in ("data", *MODELS)}
+    metrics = {name: _read_metrics(name) for name in MODELS}
+    histories = {name: _read_csv(f"plots/{name}/history.csv") for name in MODELS}
+    predictions = {name: _read_csv(f"plots/{name}/predictions.csv") for name in MODELS}
+    per_class = {name: _read_csv(f"plots/{name}/per_class.csv").set_index("class")["accuracy"] for name in MODELS}
+    classes = pd.DataFrame({f"{LABELS[n]} accuracy": per_class[n] for n in MODELS}).reset_index()
+    classes["CNN − MLP"] = per_class["cnn"].to_numpy() - per_class["mlp"].to_numpy()
+
+    plot_curves(histories, "loss", "plots/loss.png")
+    plot_curves(histories, "accuracy", "plots/accuracy.png")
+    for name in MODELS:
+        plot_confusion(predictions[name], name, f"plots/confusion_{name}.png")
+    plot_mistakes(predictions["cnn"], load_split("test").images, "cnn", "plots/mistakes_cnn.png")
+    write_text("metrics/report.md", markdown(comparison(metrics), classes, params))
+    print("report: metrics/report.md and plots/*.png written")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Shared fixtures: temporary copies of the project, tiny params, and running its commands."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+PROJECT_FILES = ["stages", "dvc.yaml", "params.yaml", ".dvcignore", ".dvc/config", ".dvc/.gitignore", ".gitignore"]
+TINY = {"data.train_limit": 500, "data.val_size": 200, "mlp.epochs": 1, "cnn.epochs": 1}
+
+
+def set_params(project: Path, changes: dict[str, object]) -> None:
+    """Set dotted keys (`cnn.epochs`) in a project's params.yaml."""
+    path = project / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    for dotted, value in changes.items():
+        *parents, key = dotted.split(".")
+        node = params
+        for parent in parents:
+            node = node[parent]
+        node[key] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def run(project: Path, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run a command in the project with the venv first on PATH, as `make` does."""
+    full_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    full_env.update(PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", **(env or {}))
+    result = subprocess.run(args, cwd=project, env=full_env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def stage(
+    project: Path, name: str, *args: str, check: bool = True, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    return run(project, sys.executable, "-m", f"stages.{name}", *args, check=check, env=env)
+
+
+def make_project(dest: Path) -> Path:
+    """Copy the project's code, params and DVC config into a fresh git repository, with tiny params."""
+    dest.mkdir(parents=True)
+    for name in PROJECT_FILES:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        elif src.exists():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(src, dest / name)
+    set_params(dest, TINY)
+    run(dest, "git", "init", "-q")
+    run(dest, "git", "config", "user.email", "test@example.com")
+    run(dest, "git", "config", "user.name", "test")
+    return dest
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A fresh tiny project (500 training images, one epoch) nothing has run in yet."""
+    return make_project(tmp_path / "project")
+
+
+@pytest.fixture(scope="session")
+def reproduced(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny project after one full `dvc repro`, shared by the tests that only read it."""
+    dest = make_project(tmp_path_factory.mktemp("reproduced") / "project")
+    run(dest, "dvc", "repro")
+    return dest

@@ -1,0 +1,151 @@
+from __future__ import annotations
+
+import gzip
+import hashlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stages import data
+from stages.data import RAW_FILES, DataError, find_source, load_raw, read_idx, split_train, stratified_sample
+from stages.params import DataParams
+from tests.conftest import set_params, stage
+
+
+@pytest.fixture(scope="module")
+def official() -> Path:
+    """The real dataset, found the way `prepare` finds it (make setup installs Debian's package)."""
+    return find_source(None)
+
+
+@pytest.fixture
+def no_defaults(monkeypatch, tmp_path) -> None:
+    """Hide data/raw, Debian's folder, the environment variable and the download."""
+    monkeypatch.setattr(data, "RAW_DIR", tmp_path / "no-raw")
+    monkeypatch.setattr(data, "DEBIAN_DIR", tmp_path / "no-debian")
+    monkeypatch.delenv(data.ENV_VAR, raising=False)
+
+
+def copy_official(official: Path, dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in RAW_FILES:
+        src = data._file_in(official, name)
+        shutil.copy(src, dest / src.name)
+    return dest
+
+
+def test_official_files_parse_with_the_right_shapes(official) -> None:
+    train, test = load_raw(official)
+    assert train.images.shape == (60000, 28, 28) and train.images.dtype == np.uint8
+    assert test.images.shape == (10000, 28, 28)
+    assert np.bincount(train.labels).tolist() == [6000] * 10
+    assert np.bincount(test.labels).tolist() == [1000] * 10
+
+
+def test_source_order(no_defaults, monkeypatch, official, tmp_path) -> None:
+    raw = copy_official(official, tmp_path / "raw")
+    env = copy_official(official, tmp_path / "env")
+    param = copy_official(official, tmp_path / "param")
+    monkeypatch.setattr(data, "RAW_DIR", raw)
+    assert find_source(None) == raw
+    monkeypatch.setenv(data.ENV_VAR, str(env))
+    assert find_source(None) == env
+    assert find_source(str(param)) == param
+
+
+def test_named_source_that_is_broken_is_an_error(no_defaults, monkeypatch, tmp_path, official) -> None:
+    monkeypatch.setattr(data, "DEBIAN_DIR", official)  # a good fallback must not hide the mistake
+    monkeypatch.setenv(data.ENV_VAR, str(tmp_path / "nowhere"))
+    with pytest.raises(DataError, match="FASHION_MNIST_DIR=.*nowhere lacks train-images-idx3-ubyte"):
+        find_source(None)
+    with pytest.raises(DataError, match=r"data\.raw_dir in params\.yaml"):
+        find_source(str(tmp_path / "nowhere"))
+
+
+def test_no_source_lists_every_place_and_the_fixes(no_defaults, monkeypatch) -> None:
+    import torchvision.datasets
+
+    def offline(*args, **kwargs):
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
+
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", offline)
+    with pytest.raises(DataError) as err:
+        find_source(None)
+    message = str(err.value)
+    places = ("data.raw_dir", "FASHION_MNIST_DIR", str(data.RAW_DIR), str(data.DEBIAN_DIR), "a download")
+    for part in (*places, "apt-get install dataset-fashion-mnist", "internet"):
+        assert part in message
+
+
+def test_wrong_checksum_names_file_expected_and_actual(official, tmp_path) -> None:
+    folder = copy_official(official, tmp_path / "raw")
+    path = data._file_in(folder, "t10k-labels-idx1-ubyte")
+    raw = bytearray(gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes())
+    raw[-1] ^= 1
+    path.unlink()
+    bad = folder / "t10k-labels-idx1-ubyte"
+    bad.write_bytes(bytes(raw))
+    with pytest.raises(DataError) as err:
+        read_idx(bad, "t10k-labels-idx1-ubyte")
+    assert "15d484375f8d13e6eb1aabb0c3f46965" in str(err.value)
+    assert hashlib.md5(raw).hexdigest() in str(err.value) and str(bad) in str(err.value)
+
+
+def test_truncated_gzip(tmp_path) -> None:
+    path = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    path.write_bytes(gzip.compress(np.random.default_rng(0).bytes(10000))[:100])
+    with pytest.raises(DataError, match="truncated or corrupt gzip"):
+        read_idx(path, "t10k-labels-idx1-ubyte")
+
+
+@pytest.mark.parametrize("header", [(2051, 10000), (2049, 9999)])
+def test_wrong_magic_or_shape(monkeypatch, tmp_path, header) -> None:
+    raw = np.array(header, dtype=">u4").tobytes() + bytes(10000)
+    path = tmp_path / "t10k-labels-idx1-ubyte"
+    path.write_bytes(raw)
+    monkeypatch.setitem(RAW_FILES, "t10k-labels-idx1-ubyte", hashlib.md5(raw).hexdigest())
+    with pytest.raises(DataError, match=r"is not an IDX file of magic 2049 and shape \(10000,\)"):
+        read_idx(path, "t10k-labels-idx1-ubyte")
+
+
+def test_stratified_sample_keeps_class_shares_and_is_seeded() -> None:
+    labels = np.repeat(np.arange(10), [100, 100, 100, 100, 100, 50, 50, 50, 50, 300])
+    picked = stratified_sample(labels, 101, np.random.default_rng(0))
+    assert len(picked) == 101 and len(set(picked)) == 101
+    counts = np.bincount(labels[picked], minlength=10)
+    assert np.all(np.abs(counts - 101 * np.bincount(labels) / len(labels)) < 1)
+    assert np.array_equal(picked, stratified_sample(labels, 101, np.random.default_rng(0)))
+
+
+def test_split_is_disjoint_stratified_and_limited() -> None:
+    labels = np.repeat(np.arange(10), 100)
+    index = np.arange(1000)
+    images = np.stack([index % 256, index // 256], axis=1).astype(np.uint8)[:, :, None]  # unique per image
+    train = data.Split(images, labels)
+    cfg = DataParams(raw_dir=None, val_size=100, seed=3, train_limit=50)
+    rest, val = split_train(train, cfg)
+    assert np.bincount(val.labels).tolist() == [10] * 10
+    assert np.bincount(rest.labels).tolist() == [5] * 10
+    assert not set(map(bytes, rest.images)) & set(map(bytes, val.images))
+
+
+def test_prepare_writes_splits_and_samples(project) -> None:
+    stage(project, "prepare")
+    prepared = project / "data" / "prepared"
+    assert np.load(prepared / "train_labels.npy").shape == (500,)
+    assert np.load(prepared / "val_images.npy").shape == (200, 28, 28)
+    assert np.load(prepared / "test_labels.npy").shape == (10000,)
+    assert (project / "plots" / "samples.png").stat().st_size > 10_000
+
+
+def test_prepare_with_a_corrupt_source_writes_nothing(project, official, tmp_path) -> None:
+    folder = copy_official(official, tmp_path / "raw")
+    victim = data._file_in(folder, "train-images-idx3-ubyte")
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    set_params(project, {"data.raw_dir": str(folder)})
+    result = stage(project, "prepare", check=False)
+    assert result.returncode == 1
+    assert len(result.stderr.strip().splitlines()) == 1 and "train-images-idx3-ubyte" in result.stderr
+    assert not (project / "data").exists()

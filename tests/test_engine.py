@@ -1,0 +1,132 @@
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from stages.data import Split
+from stages.engine import Diverged, augment, fit, load_checkpoint, save_checkpoint
+from stages.errors import UserError
+from stages.params import parse_section
+from tests.test_models import notebook
+from tests.test_params import DEFAULTS
+
+CPU = torch.device("cpu")
+
+
+def tiny_cfg(name: str, **changes):
+    cfg = parse_section(name, DEFAULTS[name])
+    return dataclasses.replace(cfg, **{"device": "cpu", "epochs": 1, "batch_size": 64, **changes})
+
+
+@pytest.fixture(scope="module")
+def tiny_data() -> tuple[Split, Split]:
+    """600 real-looking images: class-dependent blobs, learnable in one epoch."""
+    rng = np.random.default_rng(0)
+    labels = np.arange(600) % 10
+    images = rng.integers(0, 60, (600, 28, 28)).astype(np.uint8)
+    for i, label in enumerate(labels):
+        images[i, 2 * label : 2 * label + 8, 4:24] = 220
+    split = Split(images, labels.astype(np.int64))
+    return Split(split.images[:500], split.labels[:500]), Split(split.images[500:], split.labels[500:])
+
+
+def test_hflip_and_shift_keep_shape_and_are_seeded() -> None:
+    cfg = tiny_cfg("cnn")
+    x = torch.randn(32, 1, 28, 28)
+    flip_only = dataclasses.replace(cfg, augment=dataclasses.replace(cfg.augment, hflip=True, shift=0))
+    out = augment(x, flip_only, torch.Generator().manual_seed(0))
+    flipped = (out == x.flip(3)).flatten(1).all(1)
+    kept = (out == x).flatten(1).all(1)
+    assert (flipped | kept).all() and flipped.any() and kept.any()
+    shifted = dataclasses.replace(cfg, augment=dataclasses.replace(cfg.augment, hflip=False, shift=2))
+    a = augment(x, shifted, torch.Generator().manual_seed(1))
+    b = augment(x, shifted, torch.Generator().manual_seed(1))
+    assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, x)
+
+
+def test_shift_moves_content_and_pads_with_black() -> None:
+    cfg = tiny_cfg("cnn")
+    cfg = dataclasses.replace(cfg, augment=dataclasses.replace(cfg.augment, hflip=False, shift=1))
+    x = torch.zeros(200, 1, 28, 28)
+    x[:, :, 10, 10] = 1.0
+    out = augment(x, cfg, torch.Generator().manual_seed(0))
+    positions = {divmod(o[0].argmax().item(), 28) for o in out}
+    assert positions <= {(r, c) for r in (9, 10, 11) for c in (9, 10, 11)} and len(positions) == 9
+    background = -cfg.normalize.mean / cfg.normalize.std
+    edge = augment(torch.zeros(50, 1, 28, 28), cfg, torch.Generator().manual_seed(0))
+    assert torch.isclose(edge, torch.tensor(0.0)).logical_or(torch.isclose(edge, torch.tensor(background))).all()
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_one_epoch_lowers_the_loss(name, tiny_data) -> None:
+    train, val = tiny_data
+    before = fit(tiny_cfg(name, lr=1e-9, schedule="none"), train, val, CPU).history[0]["val_loss"]
+    after = fit(tiny_cfg(name, epochs=3), train, val, CPU).history[-1]["val_loss"]
+    assert after < before - 0.1
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_same_params_give_identical_weights_and_history(name, tiny_data) -> None:
+    train, val = tiny_data
+    cfg = tiny_cfg(name, epochs=2)
+    first, second = fit(cfg, train, val, CPU), fit(cfg, train, val, CPU)
+    drop_time = lambda rows: [{k: v for k, v in row.items() if k != "seconds"} for row in rows]  # noqa: E731
+    assert drop_time(first.history) == drop_time(second.history)
+    for (key, a), b in zip(first.model.state_dict().items(), second.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), key
+    other = fit(dataclasses.replace(cfg, seed=cfg.seed + 1), train, val, CPU)
+    assert drop_time(other.history) != drop_time(first.history)
+
+
+def test_divergence_stops_with_a_clear_message(tiny_data) -> None:
+    train, val = tiny_data
+    cfg = tiny_cfg("mlp", optimizer="sgd", lr=1e6, schedule="none", momentum=0.0, label_smoothing=0.0)
+    with pytest.raises(Diverged, match=r"mlp diverged in epoch 1: the training loss became (nan|inf); lower mlp\.lr"):
+        fit(cfg, train, val, CPU)
+
+
+def test_notebook_configs_train(tiny_data) -> None:
+    train, val = tiny_data
+    for name in ("mlp", "cnn"):
+        cfg = dataclasses.replace(notebook(name), epochs=1, optimizer="sgd", schedule="none", device="cpu")
+        assert len(fit(cfg, train, val, CPU).history) == 1
+
+
+def test_checkpoint_round_trip(tmp_path, tiny_data) -> None:
+    cfg = tiny_cfg("cnn")
+    result = fit(cfg, *tiny_data, CPU)
+    save_checkpoint(tmp_path / "cnn.pt", result, cfg)
+    model, loaded = load_checkpoint(tmp_path / "cnn.pt", "cnn")
+    assert loaded == cfg
+    x = torch.randn(4, 1, 28, 28)
+    assert torch.equal(model.eval()(x), result.model.eval()(x))
+    assert list(tmp_path.iterdir()) == [tmp_path / "cnn.pt"]  # no temporary file left behind
+
+
+class Payload:
+    def __reduce__(self):
+        return (os.system, ("touch payload-ran",))
+
+
+def test_pickled_code_is_refused_and_never_runs(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with open("cnn.pt", "wb") as f:
+        pickle.dump({"model": "cnn", "params": {}, "state_dict": Payload()}, f)
+    torch.save({"model": "cnn", "state_dict": Payload()}, "cnn2.pt")
+    for path in ("cnn.pt", "cnn2.pt"):
+        with pytest.raises(UserError, match=f"refusing to load {path}"):
+            load_checkpoint(path, "cnn")
+    assert not (tmp_path / "payload-ran").exists()
+
+
+def test_checkpoint_whose_shapes_do_not_match_its_params(tmp_path, tiny_data) -> None:
+    cfg = tiny_cfg("mlp")
+    result = fit(cfg, *tiny_data, CPU)
+    save_checkpoint(tmp_path / "mlp.pt", result, dataclasses.replace(cfg, hidden=[64, 32]))
+    with pytest.raises(UserError, match=r"does not match its own mlp params: 1\.\w+ has shape"):
+        load_checkpoint(tmp_path / "mlp.pt", "mlp")
