@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | 
 DEBIAN_DATA := /usr/share/datasets/fashion-mnist
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup data repro test lint
+.PHONY: setup data repro test lint bench plots predict
 
 setup: $(STAMP) data
 
@@ -39,3 +39,14 @@ test: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# --- targets filled in by their issues: benchmarks (bench), offline plots (plots), predict ---
+bench: setup
+	$(BIN)/python -m benchmarks.bench
+
+plots: setup
+	@echo "make plots: not implemented yet" && false
+
+IMAGES ?=
+predict: setup
+	$(BIN)/python -m stages.predict $(IMAGES)

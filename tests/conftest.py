@@ -14,7 +14,11 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 PROJECT_FILES = ["stages", "dvc.yaml", "params.yaml", ".dvcignore", ".dvc/config", ".dvc/.gitignore", ".gitignore"]
-TINY = {"data.train_limit": 500, "data.val_size": 200, "mlp.epochs": 1, "cnn.epochs": 1}
+TINY = {
+    "data.train_limit": 1000,
+    "data.val_size": 200,
+    **{f"{model}.{key}": value for model in ("mlp", "cnn") for key, value in (("epochs", 1), ("batch_size", 64))},
+}
 
 
 def set_params(project: Path, changes: dict[str, object]) -> None:
@@ -65,7 +69,7 @@ def make_project(dest: Path) -> Path:
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
-    """A fresh tiny project (500 training images, one epoch) nothing has run in yet."""
+    """A fresh tiny project (1000 training images, one epoch) nothing has run in yet."""
     return make_project(tmp_path / "project")
 
 

@@ -134,7 +134,7 @@ def test_split_is_disjoint_stratified_and_limited() -> None:
 def test_prepare_writes_splits_and_samples(project) -> None:
     stage(project, "prepare")
     prepared = project / "data" / "prepared"
-    assert np.load(prepared / "train_labels.npy").shape == (500,)
+    assert np.load(prepared / "train_labels.npy").shape == (1000,)
     assert np.load(prepared / "val_images.npy").shape == (200, 28, 28)
     assert np.load(prepared / "test_labels.npy").shape == (10000,)
     assert (project / "plots" / "samples.png").stat().st_size > 10_000
