@@ -127,7 +127,7 @@ def read_idx(path: Path, name: str) -> np.ndarray:
         raise DataError(
             f"{path} is not an IDX file of magic {magic} and shape {dims}; replace it with the official file"
         )
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 * len(header)).reshape(dims)
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 * len(header)).reshape(dims).copy()  # writable for torch
 
 
 def load_raw(folder: Path) -> tuple[Split, Split]:

@@ -84,7 +84,7 @@ def to_inputs(images: np.ndarray, cfg: TrainParams, device: torch.device) -> tor
 
 
 def augment(x: torch.Tensor, cfg: TrainParams, gen: torch.Generator) -> torch.Tensor:
-    """Random horizontal flips and shifts per image, done on the whole batch at once."""
+    """Random horizontal flips, shifts and erased rectangles per image, done on the whole batch at once."""
     n = x.shape[0]
     if cfg.augment.hflip:
         flip = (torch.rand(n, generator=gen) < 0.5).to(x.device)
@@ -98,7 +98,23 @@ def augment(x: torch.Tensor, cfg: TrainParams, gen: torch.Generator) -> torch.Te
         rows = (dy[:, None] + grid)[:, :, None]
         cols = (dx[:, None] + grid)[:, None, :]
         x = padded[torch.arange(n, device=x.device)[:, None, None], 0, rows, cols].unsqueeze(1)
+    if cfg.augment.erase:
+        x = _erase(x, cfg, gen)
     return x
+
+
+def _erase(x: torch.Tensor, cfg: TrainParams, gen: torch.Generator) -> torch.Tensor:
+    """Blank a random rectangle (4-14 px a side) to the background in a share `erase` of the images."""
+    n, side = x.shape[0], x.shape[-1]
+    chosen = torch.rand(n, generator=gen) < cfg.augment.erase
+    height, width = torch.randint(4, 15, (2, n), generator=gen)
+    top = (torch.rand(n, generator=gen) * (side - height + 1)).long()
+    left = (torch.rand(n, generator=gen) * (side - width + 1)).long()
+    grid = torch.arange(side)
+    rows = (grid >= top[:, None]) & (grid < (top + height)[:, None])
+    cols = (grid >= left[:, None]) & (grid < (left + width)[:, None])
+    mask = (rows[:, :, None] & cols[:, None, :] & chosen[:, None, None]).to(x.device)
+    return x.masked_fill(mask[:, None], -cfg.normalize.mean / cfg.normalize.std)
 
 
 def _layout(cfg: TrainParams) -> torch.memory_format:
@@ -107,12 +123,21 @@ def _layout(cfg: TrainParams) -> torch.memory_format:
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, x: torch.Tensor, cfg: TrainParams) -> torch.Tensor:
-    """Logits for a whole split in large batches, in float32, without gradients."""
+    """Logits (log-probabilities) for a whole split in large batches, in float32, without gradients.
+
+    With `tta`, the prediction averages the probabilities for the image and its mirror image: the model
+    learnt both orientations from the flip augmentation, and the average is steadier than either.
+    """
     model.eval()
     layout = _layout(cfg)
-    return torch.cat(
-        [model(x[i : i + EVAL_BATCH].contiguous(memory_format=layout)).float() for i in range(0, len(x), EVAL_BATCH)]
-    )
+    chunks = []
+    for i in range(0, len(x), EVAL_BATCH):
+        batch = x[i : i + EVAL_BATCH].contiguous(memory_format=layout)
+        probs = model(batch).float().softmax(1)
+        if cfg.tta:
+            probs = (probs + model(batch.flip(3)).float().softmax(1)) / 2
+        chunks.append(probs.log())
+    return torch.cat(chunks)
 
 
 @dataclass(frozen=True)

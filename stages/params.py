@@ -100,6 +100,7 @@ class Normalize:
 class Augment:
     hflip: bool = _key(BOOL)
     shift: int = _key(Rule(lambda v: _is_int(v) and 0 <= v <= 4, "an integer from 0 to 4 (pixels)"))
+    erase: float = _key(FRACTION)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -122,6 +123,7 @@ class TrainParams:
     precision: str = _key(_one_of("auto", "fp32", "bf16"))
     normalize: Normalize = field(metadata={"section": Normalize})
     augment: Augment = field(metadata={"section": Augment})
+    tta: bool = _key(BOOL)
 
     def check(self) -> None:
         if self.nesterov and not (self.optimizer == "sgd" and self.momentum > 0):

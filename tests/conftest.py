@@ -13,7 +13,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-PROJECT_FILES = ["stages", "dvc.yaml", "params.yaml", ".dvcignore", ".dvc/config", ".dvc/.gitignore", ".gitignore"]
+PROJECT_FILES = ["stages", "dvc.yaml", "params.yaml", ".dvcignore", ".dvc/config", ".dvc/.gitignore", ".dvc/plots", ".gitignore"]
 TINY = {
     "data.train_limit": 1000,
     "data.val_size": 200,
@@ -38,6 +38,8 @@ def run(project: Path, *args: str, check: bool = True, env: dict | None = None) 
     """Run a command in the project with the venv first on PATH, as `make` does."""
     full_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     full_env.update(PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", **(env or {}))
+    # Tiny runs in parallel processes (DVC's queue) oversubscribe 2 cores badly with torch's default threads.
+    full_env.setdefault("OMP_NUM_THREADS", "1")
     result = subprocess.run(args, cwd=project, env=full_env, capture_output=True, text=True)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")

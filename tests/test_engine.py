@@ -130,3 +130,14 @@ def test_checkpoint_whose_shapes_do_not_match_its_params(tmp_path, tiny_data) ->
     save_checkpoint(tmp_path / "mlp.pt", result, dataclasses.replace(cfg, hidden=[64, 32]))
     with pytest.raises(UserError, match=r"does not match its own mlp params: 1\.\w+ has shape"):
         load_checkpoint(tmp_path / "mlp.pt", "mlp")
+
+
+def test_erase_blanks_one_rectangle_per_chosen_image() -> None:
+    cfg = tiny_cfg("cnn")
+    cfg = dataclasses.replace(cfg, augment=dataclasses.replace(cfg.augment, hflip=False, shift=0, erase=0.5))
+    x = torch.full((400, 1, 28, 28), 3.0)
+    out = augment(x, cfg, torch.Generator().manual_seed(0))
+    blanked = (out != 3.0).flatten(1).sum(1)
+    assert 0.4 < (blanked > 0).float().mean() < 0.6
+    assert blanked[blanked > 0].min() >= 16 and blanked.max() <= 14 * 14
+    assert torch.isclose(out[out != 3.0], torch.tensor(-cfg.normalize.mean / cfg.normalize.std)).all()

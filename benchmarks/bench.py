@@ -1,0 +1,166 @@
+"""Training throughput: a notebook-style loop versus this project's engine, same models and hyperparameters.
+
+The notebook-style loop is torchvision's FashionMNIST dataset with per-sample ToTensor + Normalize and a
+DataLoader (batch 64). Ours holds the split in memory as one tensor and slices batches. Both train the
+notebook's MLP and CNN (benchmarks/notebook.yaml) for the same number of batches, alternating and repeated
+so that machine noise shows in the min and median. `make bench`; `--batches 5 --repeats 1` for a smoke run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import gzip
+import io
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tabulate import tabulate
+from torch.utils.flop_counter import FlopCounterMode
+from torchvision import datasets, transforms
+
+from benchmarks.notebook import notebook_params
+from stages.data import RAW_FILES, Split, _file_in, find_source, load_raw
+from stages.engine import fit, resolve_precision
+from stages.files import write_json
+from stages.models import build_model
+from stages.params import load_params
+
+CPU = torch.device("cpu")
+
+
+def torchvision_root(source: Path, root: Path) -> Path:
+    """Lay the decompressed IDX files out as ROOT/FashionMNIST/raw/, the only layout torchvision reads offline."""
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in RAW_FILES:
+        path = _file_in(source, name)
+        data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        (raw / name).write_bytes(data)
+    return root
+
+
+def notebook_loop(cfg, root: Path, batches: int) -> float:
+    """Images per second of the notebook's loop: per-sample transforms, DataLoader, SGD."""
+    torch.manual_seed(cfg.seed)
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])
+    loader = torch.utils.data.DataLoader(
+        datasets.FashionMNIST(root, train=True, download=False, transform=transform), batch_size=64, shuffle=True
+    )
+    model = build_model(cfg)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr)
+    model.train()
+    seen = 0
+    start = time.perf_counter()
+    for step, (x, y) in enumerate(loader):
+        if step == batches:
+            break
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        seen += len(y)
+    return seen / (time.perf_counter() - start)
+
+
+def our_loop(cfg, train: Split, batches: int) -> float:
+    """Images per second of stages.engine.fit on exactly `batches` batches (one epoch, a token val split)."""
+    n = batches * cfg.batch_size
+    subset = Split(train.images[:n], train.labels[:n])
+    val = Split(train.images[:10], train.labels[:10])
+    with contextlib.redirect_stdout(io.StringIO()):  # fit's per-epoch line would clutter the table
+        result = fit(dataclasses.replace(cfg, epochs=1, device="cpu"), subset, val, CPU)
+    return n / result.history[0]["seconds"]
+
+
+def training_flops(cfg) -> int:
+    """FLOPs of one training step (forward + backward) on one batch, counted by torch."""
+    model = build_model(cfg)
+    x = torch.zeros(cfg.batch_size, 1, 28, 28)
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(x), torch.zeros(cfg.batch_size, dtype=torch.long)).backward()
+    return counter.get_total_flops()
+
+
+def matmul_gflops(dtype: torch.dtype, size: int = 2048, repeats: int = 10) -> float:
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", type=int, default=300, help="training batches of 64 per measurement")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", default="benchmarks/results.json")
+    args = parser.parse_args()
+
+    train, _ = load_raw(find_source(load_params("data").raw_dir))
+    configs = {name: notebook_params(name) for name in ("mlp", "cnn")}
+    loops = ("notebook", "ours fp32", "ours auto")
+    runs: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = torchvision_root(find_source(load_params("data").raw_dir), Path(tmp))
+        for repeat in range(args.repeats + 1):  # round 0 warms up oneDNN kernels and the page cache
+            for name, cfg in configs.items():
+                measures = {
+                    "notebook": lambda c=cfg: notebook_loop(c, root, args.batches),
+                    "ours fp32": lambda c=cfg: our_loop(c, train, args.batches),
+                    "ours auto": lambda c=cfg: our_loop(dataclasses.replace(c, precision="auto"), train, args.batches),
+                }
+                for loop in loops:
+                    value = measures[loop]()
+                    if repeat:
+                        runs.setdefault(f"{name} {loop}", []).append(value)
+
+    median = {key: statistics.median(values) for key, values in runs.items()}
+    rows = []
+    for name in configs:
+        base = runs[f"{name} notebook"]
+        for loop in loops:
+            values = runs[f"{name} {loop}"]
+            ratios = [v / b for v, b in zip(values, base, strict=True)]
+            rows.append(
+                [name.upper(), loop, min(values), median[f"{name} {loop}"], min(ratios), statistics.median(ratios)]
+            )
+    print(tabulate(rows, headers=["model", "loop", "min img/s", "median img/s", "min ratio", "median ratio"],
+                   tablefmt="github", floatfmt=(".0f", "", ",.0f", ",.0f", ".1f", ".1f")))  # fmt: skip
+
+    cnn = configs["cnn"]
+    step_flops = training_flops(cnn)
+    cnn_gflops = {loop: step_flops / cnn.batch_size * median[f"cnn {loop}"] / 1e9 for loop in loops}
+    matmul = {"fp32": matmul_gflops(torch.float32), "bf16": matmul_gflops(torch.bfloat16)}
+    results = {
+        "mlp_speedup": median["mlp ours fp32"] / median["mlp notebook"],
+        "cnn_speedup": median["cnn ours fp32"] / median["cnn notebook"],
+        "mlp_speedup_auto_precision": median["mlp ours auto"] / median["mlp notebook"],
+        "cnn_speedup_auto_precision": median["cnn ours auto"] / median["cnn notebook"],
+        "images_per_second": runs,
+        "median_images_per_second": median,
+        "auto_precision": str(resolve_precision("auto", CPU) or torch.float32).removeprefix("torch."),
+        "torch_threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+        "batches": args.batches,
+        "repeats": args.repeats,
+        "cnn_training_flops_per_image": step_flops / cnn.batch_size,
+        "cnn_training_gflops": cnn_gflops,
+        "matmul_gflops": matmul,
+    }
+    write_json(args.out, results)
+    print(
+        f"\nspeedup (median, fp32): MLP {results['mlp_speedup']:.1f}x, CNN {results['cnn_speedup']:.1f}x; "
+        f"CNN training {cnn_gflops['ours fp32']:.1f} GFLOP/s (fp32) vs matmul {matmul['fp32']:.0f} GFLOP/s fp32, "
+        f"{matmul['bf16']:.0f} bf16; {torch.get_num_threads()} threads -> {args.out}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""The notebook configuration: params.yaml with benchmarks/notebook.yaml laid over it.
+
+`python -m benchmarks.notebook` prints the `-S key=value` arguments for `dvc exp run`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from stages.params import parse_section, read_yaml
+
+OVERLAY = Path(__file__).with_name("notebook.yaml")
+
+
+def _flatten(node: dict, prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def overrides() -> dict[str, Any]:
+    return _flatten(yaml.safe_load(OVERLAY.read_text()))
+
+
+def notebook_params(section: str, params: str | Path = "params.yaml") -> Any:
+    """One validated section of the notebook configuration."""
+    raw = read_yaml(params)[section]
+    for dotted, value in overrides().items():
+        first, *rest = dotted.split(".")
+        if first != section:
+            continue
+        node = raw
+        for key in rest[:-1]:
+            node = node[key]
+        node[rest[-1]] = value
+    return parse_section(section, raw)
+
+
+if __name__ == "__main__":
+    print(
+        " ".join(
+            f"-S '{key}={value if isinstance(value, str) else json.dumps(value)}'" for key, value in overrides().items()
+        )
+    )

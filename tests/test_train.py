@@ -1,0 +1,66 @@
+"""The train stage as a user runs it: outputs, interrupts and divergence through the command line."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.conftest import BIN, run, set_params, stage
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def prepared(project):
+    stage(project, "prepare")
+    return project
+
+
+def test_train_writes_model_and_history(prepared) -> None:
+    result = stage(prepared, "train", "mlp")
+    assert "mlp epoch 1/1: train loss" in result.stdout
+    checkpoint = torch.load(prepared / "models" / "mlp.pt", weights_only=True)
+    assert checkpoint["model"] == "mlp" and checkpoint["params"]["epochs"] == 1 and len(checkpoint["class_names"]) == 10
+    assert (
+        (prepared / "plots" / "mlp" / "history.csv")
+        .read_text()
+        .startswith("epoch,train_loss,train_accuracy,val_loss,val_accuracy,lr,seconds\n")
+    )
+
+
+@pytest.mark.parametrize(("sig", "code", "name"), [(signal.SIGINT, 130, "SIGINT"), (signal.SIGTERM, 143, "SIGTERM")])
+def test_interrupt_mid_training_leaves_nothing_and_repro_recovers(prepared, sig, code, name) -> None:
+    set_params(prepared, {"cnn.epochs": 200})
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stages.train", "cnn"],
+        cwd=prepared,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout.readline().startswith("cnn epoch 1/200")  # training is under way
+    proc.send_signal(sig)
+    stderr = proc.communicate(timeout=60)[1]
+    assert proc.returncode == code
+    assert stderr.strip().splitlines() == [f"error: interrupted by {name}; nothing was written, rerun to start over"]
+    assert not (prepared / "models").exists() or not any((prepared / "models").iterdir())
+    assert not (prepared / "plots" / "cnn").exists()
+    set_params(prepared, {"cnn.epochs": 1})
+    assert "Running stage 'train_cnn'" in run(prepared, "dvc", "repro", "train_cnn").stdout
+    assert (prepared / "models" / "cnn.pt").is_file()
+
+
+def test_divergence_exits_with_one_line_and_no_model(prepared) -> None:
+    set_params(prepared, {"mlp.optimizer": "sgd", "mlp.lr": 1e6, "mlp.schedule": "none", "mlp.label_smoothing": 0.0})
+    result = stage(prepared, "train", "mlp", check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith("error: mlp diverged in epoch 1: the training loss became")
+    assert "lower mlp.lr" in result.stderr and "Traceback" not in result.stderr
+    assert not (prepared / "models" / "mlp.pt").exists()
