@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | 
 DEBIAN_DATA := /usr/share/datasets/fashion-mnist
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup data repro test lint bench plots predict browser
+.PHONY: setup data browser repro test lint bench plots notebook predict
 
 setup: $(STAMP) data
 
@@ -17,18 +17,24 @@ $(STAMP): requirements.txt requirements-dev.txt
 	rm -f $(VENV)/.installed-*
 	touch $@
 
+# $(call apt_or_hint,PACKAGE,WHAT FOR): install a Debian package when we are root with apt-get, else say how.
+apt_or_hint = if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "installing Debian's $(1) ($(2))"; \
+		{ apt-get install -y -qq $(1) >/dev/null 2>&1 || \
+		{ apt-get update -qq && apt-get install -y -qq $(1) >/dev/null; }; } || echo "could not install $(1)"; \
+	else \
+		echo "$(1) not found: run 'sudo apt-get install $(1)' ($(2)); carrying on"; \
+	fi
+
 # The dataset: an explicit FASHION_MNIST_DIR or data/raw wins; else Debian's package, installed when we can.
 data:
-	@if [ -n "$$FASHION_MNIST_DIR" ] || [ -d data/raw ] || [ -d $(DEBIAN_DATA) ]; then \
-		true; \
-	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-		echo "installing Debian's dataset-fashion-mnist"; \
-		apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
-		{ apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null; } || \
-		echo "could not install dataset-fashion-mnist; prepare will try the other sources"; \
-	else \
-		echo "Fashion-MNIST not found: run 'sudo apt-get install dataset-fashion-mnist' (or set FASHION_MNIST_DIR); carrying on"; \
-	fi
+	@if [ -n "$$FASHION_MNIST_DIR" ] || [ -d data/raw ] || [ -d $(DEBIAN_DATA) ]; then true; \
+	else $(call apt_or_hint,dataset-fashion-mnist,the Fashion-MNIST files; or set FASHION_MNIST_DIR); fi
+
+# The offline-plots test renders pages in headless Chromium.
+browser:
+	@if command -v chromium >/dev/null 2>&1 || [ -n "$$CHROMIUM" ]; then true; \
+	else $(call apt_or_hint,chromium,for the offline-plots test; or set CHROMIUM); fi
 
 repro: setup
 	dvc repro
@@ -36,24 +42,11 @@ repro: setup
 test: setup vendor browser
 	$(BIN)/pytest
 
-# The offline-plots test renders pages in headless Chromium; install Debian's package when we can.
-browser:
-	@if command -v chromium >/dev/null 2>&1 || [ -n "$$CHROMIUM" ]; then \
-		true; \
-	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-		echo "installing Debian's chromium for the offline-plots test"; \
-		{ apt-get install -y -qq chromium >/dev/null 2>&1 || \
-		{ apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }; } || \
-		echo "could not install chromium; the offline-plots test will fail"; \
-	else \
-		echo "chromium not found: run 'sudo apt-get install chromium' (or set CHROMIUM) for the offline-plots test"; \
-	fi
-
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# --- targets filled in by their issues: benchmarks (bench), offline plots (plots), predict ---
+# Training throughput, notebook-style loop vs ours, side by side: writes benchmarks/results.json.
 bench: setup
 	$(BIN)/python -m benchmarks.bench
 
@@ -97,6 +90,10 @@ plots: setup $(VEGA_STAMP)
 	@mkdir -p dvc_plots/vendor
 	@cp -R $(VEGA_DIR)/*.min.js $(VEGA_DIR)/licenses $(VEGA_DIR)/VERSIONS dvc_plots/vendor/
 	@echo "offline plots: open $(CURDIR)/dvc_plots/index.html (Vega is in dvc_plots/vendor/, no network needed)"
+
+# The original notebook as one experiment: every key of benchmarks/notebook.yaml as a -S option.
+notebook: setup
+	eval dvc exp run -n notebook --force $$($(BIN)/python -m benchmarks.notebook)
 
 IMAGES ?=
 predict: setup
