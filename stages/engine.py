@@ -32,7 +32,8 @@ class Diverged(UserError):
     pass
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(cfg: TrainParams) -> torch.device:
+    name = cfg.device
     available = {
         "cuda": torch.cuda.is_available(),
         "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(),
@@ -40,7 +41,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device(next((dev for dev, ok in available.items() if ok), "cpu"))
     if name != "cpu" and not available[name]:
-        raise ParamsError(f"params.yaml: device {name} is not available on this machine; use auto or cpu")
+        raise ParamsError(f"params.yaml: {cfg.name}.device is {name}, which this machine lacks; use auto or cpu")
     return torch.device(name)
 
 

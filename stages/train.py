@@ -19,7 +19,7 @@ def main() -> None:
         raise UserError(f"usage: python -m stages.train {{{'|'.join(MODELS)}}}")
     name = sys.argv[1]
     cfg = load_params(name)
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg)
     result = fit(cfg, load_split("train"), load_split("val"), device)
     history = pd.DataFrame(result.history, columns=HISTORY_COLUMNS)
     write_with(f"plots/{name}/history.csv", lambda tmp: history.to_csv(tmp, index=False, float_format="%.6g"))

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from stages.data import Split
-from stages.engine import Diverged, augment, fit, load_checkpoint, save_checkpoint
+from stages.engine import Diverged, augment, fit, load_checkpoint, resolve_device, save_checkpoint
 from stages.errors import UserError
 from stages.params import parse_section
 from tests.test_models import notebook
@@ -141,3 +141,10 @@ def test_erase_blanks_one_rectangle_per_chosen_image() -> None:
     assert 0.4 < (blanked > 0).float().mean() < 0.6
     assert blanked[blanked > 0].min() >= 16 and blanked.max() <= 14 * 14
     assert torch.isclose(out[out != 3.0], torch.tensor(-cfg.normalize.mean / cfg.normalize.std)).all()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_unavailable_device_is_a_params_error() -> None:
+    with pytest.raises(UserError, match=r"cnn\.device is cuda, which this machine lacks; use auto or cpu"):
+        resolve_device(tiny_cfg("cnn", device="cuda"))
+    assert resolve_device(tiny_cfg("cnn", device="auto")).type in {"cpu", "cuda", "mps"}
