@@ -107,7 +107,7 @@ def plot_confusion(predictions: pd.DataFrame, name: str, path: str) -> None:
 def plot_mistakes(predictions: pd.DataFrame, images: np.ndarray, name: str, path: str) -> None:
     wrong = predictions[predictions["actual"] != predictions["predicted"]]
     worst = wrong.sort_values("probability", ascending=False, kind="stable").head(GALLERY)
-    fig, axes = plt.subplots(2, GALLERY // 2, figsize=(GALLERY // 2 * 1.6, 2 * 2.1))
+    fig, axes = plt.subplots(2, GALLERY // 2, figsize=(GALLERY // 2 * 1.6, 2 * 2.6))
     for ax in axes.flat:
         ax.axis("off")
     for ax, (i, row) in zip(axes.flat, worst.iterrows(), strict=False):
@@ -142,7 +142,7 @@ Test: the official 10,000 test images, never used for training or model selectio
 
 ## Comparison
 
-{fmt.to_markdown(colalign=("left",) + ("right",) * len(fmt.columns))}
+{fmt.to_markdown(colalign=("left",) + ("right",) * len(fmt.columns), disable_numparse=True)}
 
 ## Per-class test accuracy
 
