@@ -27,5 +27,5 @@ def test_bench_smoke_run_writes_results(tmp_path) -> None:
         assert key in results
     assert results["mlp_speedup"] > 0 and results["cnn_speedup"] > 0
     assert set(results["images_per_second"]) == {
-        f"{m} {loop}" for m in ("mlp", "cnn") for loop in ("notebook", "ours fp32", "ours auto")
+        f"{m} {loop}" for m in ("mlp", "cnn") for loop in ("notebook", "ours fp32", "ours auto", "model only")
     }

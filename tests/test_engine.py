@@ -38,12 +38,12 @@ def tiny_data() -> tuple[Split, Split]:
 def test_hflip_and_shift_keep_shape_and_are_seeded() -> None:
     cfg = tiny_cfg("cnn")
     x = torch.randn(32, 1, 28, 28)
-    flip_only = dataclasses.replace(cfg, augment=dataclasses.replace(cfg.augment, hflip=True, shift=0))
+    flip_only = dataclasses.replace(cfg, augment=dataclasses.replace(cfg.augment, hflip=True, shift=0, erase=0.0))
     out = augment(x, flip_only, torch.Generator().manual_seed(0))
     flipped = (out == x.flip(3)).flatten(1).all(1)
     kept = (out == x).flatten(1).all(1)
     assert (flipped | kept).all() and flipped.any() and kept.any()
-    shifted = dataclasses.replace(cfg, augment=dataclasses.replace(cfg.augment, hflip=False, shift=2))
+    shifted = dataclasses.replace(cfg, augment=dataclasses.replace(cfg.augment, hflip=False, shift=2, erase=0.0))
     a = augment(x, shifted, torch.Generator().manual_seed(1))
     b = augment(x, shifted, torch.Generator().manual_seed(1))
     assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, x)
@@ -51,7 +51,7 @@ def test_hflip_and_shift_keep_shape_and_are_seeded() -> None:
 
 def test_shift_moves_content_and_pads_with_black() -> None:
     cfg = tiny_cfg("cnn")
-    cfg = dataclasses.replace(cfg, augment=dataclasses.replace(cfg.augment, hflip=False, shift=1))
+    cfg = dataclasses.replace(cfg, augment=dataclasses.replace(cfg.augment, hflip=False, shift=1, erase=0.0))
     x = torch.zeros(200, 1, 28, 28)
     x[:, :, 10, 10] = 1.0
     out = augment(x, cfg, torch.Generator().manual_seed(0))
