@@ -93,7 +93,7 @@ plots: setup $(VEGA_STAMP)
 
 # The original notebook as one experiment: every key of benchmarks/notebook.yaml as a -S option.
 notebook: setup
-	eval dvc exp run -n notebook --force $$($(BIN)/python -m benchmarks.notebook)
+	eval dvc exp run --temp -n notebook --force $$($(BIN)/python -m benchmarks.notebook)
 
 IMAGES ?=
 predict: setup
