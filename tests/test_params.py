@@ -5,7 +5,7 @@ import copy
 import pytest
 
 from stages.params import CNNParams, DataParams, MLPParams, ParamsError, load_params, parse_section, read_yaml
-from tests.conftest import ROOT, set_params, stage
+from tests.conftest import ROOT, run, set_params, stage
 
 DEFAULTS = read_yaml(ROOT / "params.yaml")
 
@@ -117,3 +117,14 @@ def test_stage_from_another_directory_says_where_to_run(project, tmp_path) -> No
     result = stage(elsewhere, "prepare", check=False, env={"PYTHONPATH": str(project)})
     assert result.returncode == 1
     assert result.stderr.strip() == f"error: no params.yaml in {elsewhere}: run the stages from the repository root"
+
+
+def test_bad_value_from_dvc_exp_run_is_one_line(project) -> None:
+    run(project, "git", "add", "-A")
+    run(project, "git", "commit", "-qm", "tiny project")
+    result = run(project, "dvc", "exp", "run", "-S", "mlp.epochs=ten", check=False)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "error: params.yaml: mlp.epochs must be a positive integer, got 'ten'" in output
+    assert "Traceback" not in output
+    assert not (project / "models" / "mlp.pt").exists()
