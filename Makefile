@@ -11,8 +11,10 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 setup: $(STAMP) data
 
+# A venv without pip (Debian's python3 without python3-venv) is removed, so the next try starts clean.
 $(STAMP): requirements.txt requirements-dev.txt
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@test -x $(BIN)/pip || $(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); \
+		echo "python3 -m venv failed: on Debian/Ubuntu run 'sudo apt-get install python3-venv'"; exit 1; }
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 	rm -f $(VENV)/.installed-*
 	touch $@
@@ -67,6 +69,7 @@ vendor: $(VEGA_STAMP)
 # Only the built *.min.js are kept, with each package's LICENSE and package.json (its license field; vega's
 # tarball has no LICENSE file). Built in a scratch folder so an interrupted fetch never looks complete.
 $(VEGA_STAMP):
+	@command -v npm >/dev/null 2>&1 || $(call apt_or_hint,npm,to fetch Vega for the offline plots)
 	@command -v npm >/dev/null || { echo "fetching Vega needs npm (Debian/Ubuntu: apt-get install npm)"; exit 1; }
 	@echo "fetching $(foreach pin,$(VEGA_PKGS),$(firstword $(subst =, ,$(pin)))) from npm into $(VEGA_DIR)"
 	@rm -rf $(VEGA_DIR) $(VEGA_DIR).tmp

@@ -85,7 +85,9 @@ def model_only_loop(cfg, train: Split, batches: int) -> float:
     n = batches * cfg.batch_size
     x = torch.from_numpy(train.images[:n]).float().div(255).sub(0.5).div(0.5).unsqueeze(1)
     y = torch.from_numpy(train.labels[:n])
-    model = build_model(cfg)
+    layout = torch.channels_last if getattr(cfg, "channels_last", False) else torch.contiguous_format
+    x = x.contiguous(memory_format=layout)
+    model = build_model(cfg).to(memory_format=layout)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr)
     start = time.perf_counter()
     for i in range(0, n, cfg.batch_size):
@@ -121,12 +123,13 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results.json")
     args = parser.parse_args()
 
-    train, _ = load_raw(find_source(load_params("data").raw_dir))
+    source = find_source(load_params("data").raw_dir)
+    train, _ = load_raw(source)
     configs = {name: notebook_params(name) for name in ("mlp", "cnn")}
     loops = ("notebook", "ours fp32", "ours auto", "model only")
     runs: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        root = torchvision_root(find_source(load_params("data").raw_dir), Path(tmp))
+        root = torchvision_root(source, Path(tmp))
         for repeat in range(args.repeats + 1):  # round 0 warms up oneDNN kernels and the page cache
             for name, cfg in configs.items():
                 measures = {

@@ -22,7 +22,7 @@ CLASS_NAMES = (
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )  # fmt: skip
 
-# MD5 of the decompressed IDX bytes: Debian re-compressed the .gz files, so their own checksums differ upstream's.
+# MD5 of the decompressed IDX bytes: Debian re-compressed the .gz files, so their own checksums differ from upstream's.
 RAW_FILES = {
     "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
     "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
@@ -88,6 +88,9 @@ def download(target: Path) -> Path:
     from torchvision.datasets import FashionMNIST
 
     tried = f"data.raw_dir, {ENV_VAR}, {RAW_DIR}/, {DEBIAN_DIR}/ and a download"
+    if target.exists():
+        missing = ", ".join(n for n in RAW_FILES if not _file_in(target, n))
+        raise DataError(f"{target}/ lacks {missing}: add the missing files or remove the folder; {HOW_TO_GET}")
     with tempfile.TemporaryDirectory() as tmp:
         try:
             for train in (True, False):
@@ -95,28 +98,18 @@ def download(target: Path) -> Path:
         except Exception as exc:  # any network or mirror failure means the same thing to the user
             reason = str(exc).strip().splitlines()[0][:100] if str(exc).strip() else type(exc).__name__
             raise DataError(f"Fashion-MNIST not found (tried {tried}: {reason}); {HOW_TO_GET}") from None
-        target.mkdir(parents=True, exist_ok=True)
+        # All four files appear at once or not at all: a partial data/raw/ would shadow the other sources.
+        staging = Path(tmp, "complete")
+        staging.mkdir()
         for name in RAW_FILES:
-            shutil.copy(Path(tmp, "FashionMNIST", "raw", f"{name}.gz"), target / f"{name}.gz")
+            shutil.copy(Path(tmp, "FashionMNIST", "raw", f"{name}.gz"), staging / f"{name}.gz")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(staging, target)
     return target
 
 
-def read_idx(path: Path, name: str) -> np.ndarray:
-    """Parse one IDX file (plain or gzip) after checking its MD5 and header."""
-    try:
-        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
-        raise DataError(f"{path} is a truncated or corrupt gzip file ({exc}); download or reinstall it") from None
-    actual = hashlib.md5(raw).hexdigest()
-    if actual != RAW_FILES[name]:
-        raise DataError(
-            f"{path} has the wrong checksum (MD5 of the decompressed bytes: expected {RAW_FILES[name]}, "
-            f"got {actual}); replace it with the official file"
-        )
-    split = name.split("-")[0]
-    images = "images" in name
-    magic = IMAGES_MAGIC if images else LABELS_MAGIC
-    dims = (SPLIT_SIZES[split], IMAGE_SIDE, IMAGE_SIDE) if images else (SPLIT_SIZES[split],)
+def parse_idx(raw: bytes, path: Path, magic: int, dims: tuple[int, ...]) -> np.ndarray:
+    """The uint8 data of decompressed IDX bytes, after checking the magic number, the sizes and the length."""
     header = np.frombuffer(raw, dtype=">u4", count=1 + len(dims)) if len(raw) >= 4 * (1 + len(dims)) else []
     if (
         len(header) == 0
@@ -124,10 +117,31 @@ def read_idx(path: Path, name: str) -> np.ndarray:
         or tuple(header[1:]) != dims
         or len(raw) != 4 * len(header) + np.prod(dims)
     ):
+        found = f"magic {header[0]} and shape {tuple(int(d) for d in header[1:])}" if len(header) else "no header"
         raise DataError(
-            f"{path} is not an IDX file of magic {magic} and shape {dims}; replace it with the official file"
+            f"{path} is not an IDX file of magic {magic} and shape {dims} ({found}); replace it with the official file"
         )
     return np.frombuffer(raw, dtype=np.uint8, offset=4 * len(header)).reshape(dims).copy()  # writable for torch
+
+
+def read_idx(path: Path, name: str) -> np.ndarray:
+    """One official IDX file (plain or gzip): its header first, so a swapped file says what it is, then its MD5."""
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise DataError(f"{path} is a truncated or corrupt gzip file ({exc}); download or reinstall it") from None
+    count = SPLIT_SIZES[name.split("-")[0]]
+    if "images" in name:
+        array = parse_idx(raw, path, IMAGES_MAGIC, (count, IMAGE_SIDE, IMAGE_SIDE))
+    else:
+        array = parse_idx(raw, path, LABELS_MAGIC, (count,))
+    actual = hashlib.md5(raw).hexdigest()
+    if actual != RAW_FILES[name]:
+        raise DataError(
+            f"{path} has the wrong checksum (MD5 of the decompressed bytes: expected {RAW_FILES[name]}, "
+            f"got {actual}); replace it with the official file"
+        )
+    return array
 
 
 def load_raw(folder: Path) -> tuple[Split, Split]:
@@ -156,8 +170,7 @@ def split_train(train: Split, cfg: DataParams) -> tuple[Split, Split]:
     rest = np.setdiff1d(np.arange(len(train.labels)), val_idx)
     if cfg.train_limit is not None:
         rest = rest[stratified_sample(train.labels[rest], cfg.train_limit, rng)]
-    pick = lambda idx: Split(train.images[idx], train.labels[idx])  # noqa: E731
-    return pick(rest), pick(val_idx)
+    return Split(train.images[rest], train.labels[rest]), Split(train.images[val_idx], train.labels[val_idx])
 
 
 def save_split(split: Split, name: str, folder: Path = PREPARED_DIR) -> None:

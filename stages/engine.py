@@ -134,10 +134,12 @@ def predict_logits(model: nn.Module, x: torch.Tensor, cfg: TrainParams) -> torch
     chunks = []
     for i in range(0, len(x), EVAL_BATCH):
         batch = x[i : i + EVAL_BATCH].contiguous(memory_format=layout)
-        probs = model(batch).float().softmax(1)
+        log_probs = model(batch).float().log_softmax(1)
         if cfg.tta:
-            probs = (probs + model(batch.flip(3)).float().softmax(1)) / 2
-        chunks.append(probs.log())
+            # log((p + p_mirror) / 2) without leaving log space, so a tiny probability stays finite.
+            mirrored = model(batch.flip(3)).float().log_softmax(1)
+            log_probs = torch.logaddexp(log_probs, mirrored) - math.log(2)
+        chunks.append(log_probs)
     return torch.cat(chunks)
 
 
@@ -173,7 +175,10 @@ def _optimizer(model: nn.Module, cfg: TrainParams) -> torch.optim.Optimizer:
 def _scheduler(opt: torch.optim.Optimizer, cfg: TrainParams, steps: int) -> torch.optim.lr_scheduler.LRScheduler | None:
     """A per-batch schedule over `steps` batches; `step` divides the lr by 10 at 50 % and 75 % of training."""
     if cfg.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps, pct_start=cfg.warmup)
+        # OneCycle also cycles momentum by default, which would override sgd's `momentum`; Adam's beta1 cycles.
+        return torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=cfg.lr, total_steps=steps, pct_start=cfg.warmup, cycle_momentum=cfg.optimizer != "sgd"
+        )
     if cfg.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     if cfg.schedule == "step":
@@ -206,7 +211,9 @@ def fit(cfg: MLPParams | CNNParams, train: Split, val: Split, device: torch.devi
         model.train()
         start = time.perf_counter()
         loss_sum, correct = 0.0, torch.zeros((), device=device, dtype=torch.long)
+        # One shuffled copy per epoch, so each batch is a contiguous slice rather than a gather.
         order = torch.randperm(n, generator=gen).to(device)
+        x_epoch, y_epoch = x_train[order], y_train[order]
         bar = tqdm(
             total=batches,
             desc=f"{cfg.name} {epoch}/{cfg.epochs}",
@@ -216,9 +223,8 @@ def fit(cfg: MLPParams | CNNParams, train: Split, val: Split, device: torch.devi
             disable=None,
         )
         for b in range(batches):
-            idx = order[b * batch : (b + 1) * batch]
-            xb = augment(x_train[idx], cfg, gen).contiguous(memory_format=layout)
-            yb = y_train[idx]
+            xb = augment(x_epoch[b * batch : (b + 1) * batch], cfg, gen).contiguous(memory_format=layout)
+            yb = y_epoch[b * batch : (b + 1) * batch]
             with torch.autocast(device.type, dtype=autocast) if autocast else nullcontext():
                 logits = model(xb)
                 loss = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
@@ -234,12 +240,12 @@ def fit(cfg: MLPParams | CNNParams, train: Split, val: Split, device: torch.devi
             opt.step()
             if sched:
                 sched.step()
-            loss_sum += value * len(idx)
+            loss_sum += value * len(yb)
             correct += (logits.argmax(1) == yb).sum()
             bar.update()
             if b % 20 == 0:
                 done = min((b + 1) * batch, n)
-                bar.set_postfix(loss=f"{value:.3f}", img_s=f"{done / (time.perf_counter() - start):,.0f}")
+                bar.set_postfix(loss=f"{loss_sum / done:.3f}", img_s=f"{done / (time.perf_counter() - start):,.0f}")
         bar.close()
         val_scores = score(model, x_val, y_val, cfg)
         seconds = time.perf_counter() - start

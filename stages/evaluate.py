@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+if not __package__:  # started as a file path, where `import stages` would end in a traceback
+    raise SystemExit("error: run the stages from the repository root as `python -m stages.evaluate`")
+
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 import torch
@@ -29,7 +34,14 @@ def per_class(matrix: np.ndarray) -> pd.DataFrame:
     })  # fmt: skip
 
 
-def evaluate_model(name: str) -> None:
+@dataclass(frozen=True)
+class Evaluation:
+    metrics: dict
+    per_class: pd.DataFrame
+    predictions: pd.DataFrame
+
+
+def evaluate_model(name: str) -> Evaluation:
     model, cfg = load_checkpoint(f"models/{name}.pt", name)
     test, val = load_split("test"), load_split("val")
     device = torch.device("cpu")
@@ -59,16 +71,21 @@ def evaluate_model(name: str) -> None:
     names = np.array(CLASS_NAMES)
     confidence = probs.max(1).values.numpy().round(4)
     predictions = pd.DataFrame({"actual": names[test.labels], "predicted": names[predicted], "probability": confidence})
-    write_with(f"plots/{name}/per_class.csv", lambda tmp: classes.to_csv(tmp, index=False, float_format="%.4f"))
-    write_with(f"plots/{name}/predictions.csv", lambda tmp: predictions.to_csv(tmp, index=False))
-    write_json(f"metrics/{name}.json", metrics)
     print(f"evaluate {name}: test accuracy {tested.accuracy:.4f}, val accuracy {validated.accuracy:.4f}")
+    return Evaluation(metrics, classes, predictions)
 
 
 @entry_point
 def main() -> None:
-    for name in MODELS:
-        evaluate_model(name)
+    # Both models first, then the files: a broken model file leaves no mix of new and stale outputs.
+    results = {name: evaluate_model(name) for name in MODELS}
+    for name, result in results.items():
+        write_with(
+            f"plots/{name}/per_class.csv",
+            lambda tmp, r=result: r.per_class.to_csv(tmp, index=False, float_format="%.4f"),
+        )
+        write_with(f"plots/{name}/predictions.csv", lambda tmp, r=result: r.predictions.to_csv(tmp, index=False))
+        write_json(f"metrics/{name}.json", result.metrics)
 
 
 if __name__ == "__main__":

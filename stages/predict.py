@@ -7,6 +7,9 @@ K most likely classes.
 
 from __future__ import annotations
 
+if not __package__:  # started as a file path, where `import stages` would end in a traceback
+    raise SystemExit("error: run the stages from the repository root as `python -m stages.predict`")
+
 import argparse
 import json
 import sys

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+if not __package__:  # started as a file path, where `import stages` would end in a traceback
+    raise SystemExit("error: run the stages from the repository root as `python -m stages.prepare`")
+
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from stages.data import CLASS_NAMES, PREPARED_DIR, Split, find_source, load_raw, save_split, split_train  # noqa: E402
-from stages.errors import entry_point  # noqa: E402
-from stages.files import write_with  # noqa: E402
-from stages.params import load_params  # noqa: E402
+from stages.data import CLASS_NAMES, PREPARED_DIR, Split, find_source, load_raw, save_split, split_train
+from stages.errors import entry_point
+from stages.files import write_with
+from stages.params import load_params
 
 SAMPLES_PER_CLASS = 10
 

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+if not __package__:  # started as a file path, where `import stages` would end in a traceback
+    raise SystemExit("error: run the stages from the repository root as `python -m stages.report`")
+
 import json
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import yaml  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import yaml
 
-from stages.data import CLASS_NAMES, load_split  # noqa: E402
-from stages.errors import UserError, entry_point  # noqa: E402
-from stages.files import write_text, write_with  # noqa: E402
-from stages.params import MODELS, read_yaml  # noqa: E402
+from stages.data import CLASS_NAMES, load_split
+from stages.errors import UserError, entry_point
+from stages.files import write_text, write_with
+from stages.params import MODELS, read_yaml
 
 LABELS = {"mlp": "MLP", "cnn": "CNN"}
 GALLERY = 16
@@ -58,7 +61,7 @@ def comparison(metrics: dict[str, dict]) -> pd.DataFrame:
         }
         for name, m in metrics.items()
     }
-    table = pd.DataFrame(rows).T
+    table = pd.DataFrame(rows).T.rename_axis("model")
     table.loc["CNN − MLP"] = table.loc["CNN"] - table.loc["MLP"]
     return table
 

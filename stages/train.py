@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+if not __package__:  # started as a file path, where `import stages` would end in a traceback
+    raise SystemExit("error: run the stages from the repository root as `python -m stages.train mlp`")
+
 import sys
 
 import pandas as pd

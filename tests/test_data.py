@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import shutil
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from stages import data
-from stages.data import RAW_FILES, DataError, find_source, load_raw, read_idx, split_train, stratified_sample
+from stages.data import RAW_FILES, DataError, find_source, load_raw, parse_idx, read_idx, split_train, stratified_sample
 from stages.params import DataParams
 from tests.conftest import set_params, stage
 
@@ -100,14 +101,39 @@ def test_truncated_gzip(tmp_path) -> None:
         read_idx(path, "t10k-labels-idx1-ubyte")
 
 
-@pytest.mark.parametrize("header", [(2051, 10000), (2049, 9999)])
-def test_wrong_magic_or_shape(monkeypatch, tmp_path, header) -> None:
-    raw = np.array(header, dtype=">u4").tobytes() + bytes(10000)
-    path = tmp_path / "t10k-labels-idx1-ubyte"
-    path.write_bytes(raw)
-    monkeypatch.setitem(RAW_FILES, "t10k-labels-idx1-ubyte", hashlib.md5(raw).hexdigest())
-    with pytest.raises(DataError, match=r"is not an IDX file of magic 2049 and shape \(10000,\)"):
+def test_tiny_synthetic_idx_files_parse(tmp_path) -> None:
+    images = np.arange(3 * 28 * 28, dtype=np.uint32).reshape(3, 28, 28).astype(np.uint8)
+    raw = np.array([2051, 3, 28, 28], dtype=">u4").tobytes() + images.tobytes()
+    assert np.array_equal(parse_idx(raw, tmp_path / "tiny", 2051, (3, 28, 28)), images)
+    labels = np.array([7, 0, 9], dtype=np.uint8)
+    raw = np.array([2049, 3], dtype=">u4").tobytes() + labels.tobytes()
+    assert parse_idx(raw, tmp_path / "tiny", 2049, (3,)).tolist() == [7, 0, 9]
+
+
+@pytest.mark.parametrize(
+    ("header", "found"), [((2051, 10000), "magic 2051 and shape (10000,)"), ((2049, 9999), "shape (9999,)")]
+)
+def test_wrong_magic_or_shape(tmp_path, header, found) -> None:
+    path = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    path.write_bytes(gzip.compress(np.array(header, dtype=">u4").tobytes() + bytes(10000)))
+    with pytest.raises(DataError) as err:
         read_idx(path, "t10k-labels-idx1-ubyte")
+    assert "is not an IDX file of magic 2049 and shape (10000,)" in str(err.value) and found in str(err.value)
+
+
+def test_truncated_idx_after_a_good_header(tmp_path) -> None:
+    raw = np.array([2049, 10000], dtype=">u4").tobytes() + bytes(5000)
+    with pytest.raises(DataError, match="is not an IDX file"):
+        parse_idx(raw, tmp_path / "short", 2049, (10000,))
+
+
+def test_incomplete_data_raw_is_named_not_overwritten(no_defaults, monkeypatch, tmp_path) -> None:
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "train-images-idx3-ubyte.gz").write_bytes(b"x")
+    monkeypatch.setattr(data, "RAW_DIR", partial)
+    with pytest.raises(DataError, match="partial/ lacks train-labels-idx1-ubyte"):
+        find_source(None)
 
 
 def test_stratified_sample_keeps_class_shares_and_is_seeded() -> None:
@@ -129,6 +155,10 @@ def test_split_is_disjoint_stratified_and_limited() -> None:
     assert np.bincount(val.labels).tolist() == [10] * 10
     assert np.bincount(rest.labels).tolist() == [5] * 10
     assert not set(map(bytes, rest.images)) & set(map(bytes, val.images))
+    full, val_again = split_train(train, dataclasses.replace(cfg, train_limit=None))
+    assert len(full.labels) + len(val_again.labels) == 1000  # complete: every image is in one split
+    assert set(map(bytes, full.images)) | set(map(bytes, val.images)) == set(map(bytes, images))
+    assert np.array_equal(val_again.images, val.images)  # deterministic for the seed
 
 
 def test_prepare_writes_splits_and_samples(project) -> None:

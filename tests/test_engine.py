@@ -11,6 +11,7 @@ import torch
 from stages.data import Split
 from stages.engine import Diverged, augment, fit, load_checkpoint, resolve_device, save_checkpoint
 from stages.errors import UserError
+from stages.models import build_model
 from stages.params import parse_section
 from tests.test_models import notebook
 from tests.test_params import DEFAULTS
@@ -93,7 +94,7 @@ def test_divergence_stops_with_a_clear_message(tiny_data) -> None:
 def test_notebook_configs_train(tiny_data) -> None:
     train, val = tiny_data
     for name in ("mlp", "cnn"):
-        cfg = dataclasses.replace(notebook(name), epochs=1, optimizer="sgd", schedule="none", device="cpu")
+        cfg = dataclasses.replace(notebook(name), epochs=1, device="cpu")
         assert len(fit(cfg, train, val, CPU).history) == 1
 
 
@@ -148,3 +149,13 @@ def test_unavailable_device_is_a_params_error() -> None:
     with pytest.raises(UserError, match=r"cnn\.device is cuda, which this machine lacks; use auto or cpu"):
         resolve_device(tiny_cfg("cnn", device="cuda"))
     assert resolve_device(tiny_cfg("cnn", device="auto")).type in {"cpu", "cuda", "mps"}
+
+
+def test_onecycle_keeps_sgd_momentum_as_configured() -> None:
+    from stages.engine import _optimizer, _scheduler
+
+    for momentum in (0.0, 0.5):
+        cfg = tiny_cfg("mlp", optimizer="sgd", momentum=momentum, schedule="onecycle")
+        opt = _optimizer(build_model(cfg), cfg)
+        _scheduler(opt, cfg, steps=100)
+        assert {group["momentum"] for group in opt.param_groups} == {momentum}

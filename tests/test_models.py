@@ -3,28 +3,15 @@ from __future__ import annotations
 import pytest
 import torch
 
+from benchmarks.notebook import notebook_params
 from stages.models import build_model, count_parameters
 from stages.params import parse_section
+from tests.conftest import ROOT
 from tests.test_params import DEFAULTS, with_change
-
-NOTEBOOK = {
-    "mlp": {"hidden": [128, 64], "dropout": 0.0, "batch_norm": False, "activation": "relu"},
-    "cnn": {
-        "channels": [10, 20],
-        "kernel_size": 5,
-        "padding": "valid",
-        "pool": "max",
-        "batch_norm": False,
-        "fc": 50,
-        "dropout": 0.0,
-    },
-}
 
 
 def notebook(name: str):
-    raw = dict(DEFAULTS[name])
-    raw.update(NOTEBOOK[name])
-    return parse_section(name, raw)
+    return notebook_params(name, ROOT / "params.yaml")
 
 
 @pytest.mark.parametrize("name", ["mlp", "cnn"])

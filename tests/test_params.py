@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import copy
+import sys
 
 import pytest
 
@@ -109,6 +110,12 @@ def test_stage_rejects_bad_params_before_any_work(project) -> None:
     assert result.stderr.strip() == "error: params.yaml: cnn.epochs must be a positive integer, got 'ten'"
     assert "Traceback" not in result.stderr
     assert not (project / "models").exists() and not (project / "plots").exists()
+
+
+def test_stage_started_as_a_file_path_says_how_to_run_it(project) -> None:
+    result = run(project, sys.executable, "stages/train.py", "mlp", check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip() == "error: run the stages from the repository root as `python -m stages.train mlp`"
 
 
 def test_stage_from_another_directory_says_where_to_run(project, tmp_path) -> None:
