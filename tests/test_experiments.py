@@ -133,7 +133,10 @@ def test_queued_sweep_runs_in_parallel_workers(workspace: Path) -> None:
     try:
         # Workers inherit this environment. Torch's default of one thread per core, in each of two workers,
         # oversubscribes the cores: 75 against 840 training images/s on a busy 2-core machine.
-        started = run(workspace, "dvc", "queue", "start", "-j", "2", env={"OMP_NUM_THREADS": "1"}).stdout
+        # The workers outlive `dvc queue start`: through a file, so they don't hold our output pipe open.
+        start_log = workspace.parent / "queue-start.log"
+        start = f"dvc queue start -j 2 > '{start_log}' 2>&1; status=$?; cat '{start_log}'; exit $status"
+        started = run(workspace, "sh", "-c", start, env={"OMP_NUM_THREADS": "1"}).stdout
         assert "Started '2' new experiments task queue workers" in started
         shown = wait_for(workspace, names)
     finally:
