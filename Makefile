@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | 
 DEBIAN_DATA := /usr/share/datasets/fashion-mnist
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup data browser repro test lint bench plots notebook predict
+.PHONY: setup data browser repro test test-all lint bench plots notebook predict
 
 setup: $(STAMP) data
 
@@ -41,7 +41,11 @@ browser:
 repro: setup
 	dvc repro
 
+# The parallel queue sweep (minutes) is left to `make test-all` and CI, to keep this under 5 minutes.
 test: setup vendor browser
+	$(BIN)/pytest -m "not sweep"
+
+test-all: setup vendor browser
 	$(BIN)/pytest
 
 lint: setup

@@ -126,6 +126,7 @@ def wait_for(project: Path, names: list[str]) -> dict[str, dict]:
     raise AssertionError(f"queued experiments {names} still unfinished after {SWEEP_TIMEOUT_S} s:\n{status}")
 
 
+@pytest.mark.sweep
 def test_queued_sweep_runs_in_parallel_workers(workspace: Path) -> None:
     queued = run(workspace, "dvc", "exp", "run", "--queue", "-S", "cnn.lr=0.001,0.003").stdout
     names = re.findall(r"Queued experiment '([^']+)'", queued)
