@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from stages.params import parse_section, read_yaml
+from stages.params import parse_section, read_yaml, set_dotted
 
 OVERLAY = Path(__file__).with_name("notebook.yaml")
 
@@ -32,16 +32,10 @@ def overrides() -> dict[str, Any]:
 
 def notebook_params(section: str, params: str | Path = "params.yaml") -> Any:
     """One validated section of the notebook configuration."""
-    raw = read_yaml(params)[section]
+    raw = read_yaml(params)
     for dotted, value in overrides().items():
-        first, *rest = dotted.split(".")
-        if first != section:
-            continue
-        node = raw
-        for key in rest[:-1]:
-            node = node[key]
-        node[rest[-1]] = value
-    return parse_section(section, raw)
+        set_dotted(raw, dotted, value)
+    return parse_section(section, raw[section])
 
 
 if __name__ == "__main__":

@@ -184,9 +184,10 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
         np.save(f, array)
 
 
-def load_split(name: str, folder: Path = PREPARED_DIR) -> Split:
+def load_split(name: str, folder: Path = PREPARED_DIR, mmap: bool = False) -> Split:
+    """A prepared split; with `mmap` the images stay on disk until they are touched."""
     try:
-        images = np.load(folder / f"{name}_images.npy", allow_pickle=False)
+        images = np.load(folder / f"{name}_images.npy", allow_pickle=False, mmap_mode="r" if mmap else None)
         labels = np.load(folder / f"{name}_labels.npy", allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise DataError(

@@ -55,7 +55,7 @@ def evaluate_model(name: str) -> Evaluation:
     predicted = probs.argmax(1).numpy()
     classes = per_class(confusion(test.labels, predicted))
     history = pd.read_csv(f"plots/{name}/history.csv")
-    train_images = len(load_split("train").labels)
+    train_images = len(load_split("train", mmap=True).labels)
     seconds = float(history["seconds"].sum())
     metrics = {
         "test": {"accuracy": tested.accuracy, "loss": tested.loss, "macro_f1": float(classes["f1"].mean())},

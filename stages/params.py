@@ -250,5 +250,13 @@ def load_params(section: str, path: str | Path = "params.yaml") -> Any:
     return parse_section(section, raw[section])
 
 
+def set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    """Set a dotted key (`cnn.augment.erase`) in nested params, as `dvc exp run -S` does."""
+    *parents, key = dotted.split(".")
+    for parent in parents:
+        tree = tree[parent]
+    tree[key] = value
+
+
 def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from stages.params import set_dotted
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 PROJECT_FILES = [
@@ -35,11 +37,7 @@ def set_params(project: Path, changes: dict[str, object]) -> None:
     path = project / "params.yaml"
     params = yaml.safe_load(path.read_text())
     for dotted, value in changes.items():
-        *parents, key = dotted.split(".")
-        node = params
-        for parent in parents:
-            node = node[parent]
-        node[key] = value
+        set_dotted(params, dotted, value)
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 

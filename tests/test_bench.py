@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 
 import pytest
 
@@ -29,3 +30,6 @@ def test_bench_smoke_run_writes_results(tmp_path) -> None:
     assert set(results["images_per_second"]) == {
         f"{m} {loop}" for m in ("mlp", "cnn") for loop in ("notebook", "ours fp32", "ours auto", "model only")
     }
+    speedups = results["speedup_per_round"]
+    assert results["mlp_speedup"] == statistics.median(speedups["mlp ours fp32"])
+    assert speedups["mlp notebook"] == [1.0] and len(speedups["cnn ours fp32"]) == 1

@@ -10,7 +10,19 @@ import numpy as np
 import pytest
 
 from stages import data
-from stages.data import RAW_FILES, DataError, find_source, load_raw, parse_idx, read_idx, split_train, stratified_sample
+from stages.data import (
+    RAW_FILES,
+    DataError,
+    Split,
+    find_source,
+    load_raw,
+    load_split,
+    parse_idx,
+    read_idx,
+    save_split,
+    split_train,
+    stratified_sample,
+)
 from stages.params import DataParams
 from tests.conftest import set_params, stage
 
@@ -179,3 +191,15 @@ def test_prepare_with_a_corrupt_source_writes_nothing(project, official, tmp_pat
     assert result.returncode == 1
     assert len(result.stderr.strip().splitlines()) == 1 and "train-images-idx3-ubyte" in result.stderr
     assert not (project / "data").exists()
+
+
+def test_saved_splits_load_back_identical_also_memory_mapped(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    split = Split(rng.integers(0, 256, (30, 28, 28), dtype=np.uint8), rng.integers(0, 10, 30).astype(np.int64))
+    save_split(split, "train", tmp_path)
+    for mmap in (False, True):
+        loaded = load_split("train", tmp_path, mmap=mmap)
+        assert np.array_equal(loaded.images, split.images) and np.array_equal(loaded.labels, split.labels)
+    assert isinstance(load_split("train", tmp_path, mmap=True).images, np.memmap)
+    with pytest.raises(DataError, match=r"cannot read the prepared val split .* run `dvc repro prepare`"):
+        load_split("val", tmp_path)

@@ -159,3 +159,29 @@ def test_onecycle_keeps_sgd_momentum_as_configured() -> None:
         opt = _optimizer(build_model(cfg), cfg)
         _scheduler(opt, cfg, steps=100)
         assert {group["momentum"] for group in opt.param_groups} == {momentum}
+
+
+def test_weight_decay_spares_biases_and_without_it_there_is_one_group() -> None:
+    from stages.engine import _optimizer
+
+    model = build_model(tiny_cfg("mlp"))
+    decayed = _optimizer(model, tiny_cfg("mlp", weight_decay=0.05)).param_groups
+    assert [g["weight_decay"] for g in decayed] == [0.05, 0.0]
+    assert all(p.ndim > 1 for p in decayed[0]["params"]) and all(p.ndim == 1 for p in decayed[1]["params"])
+    plain = _optimizer(model, tiny_cfg("mlp", weight_decay=0.0)).param_groups
+    assert len(plain) == 1 and len(plain[0]["params"]) == len(list(model.parameters()))
+
+
+def test_train_accuracy_counts_every_image_of_the_epoch(tiny_data) -> None:
+    """With a negligible lr the model stays at its initial weights, so the epoch's running train accuracy
+    must equal that model's accuracy on the whole (unshuffled) training split, image for image."""
+    from stages.engine import score, seed_everything, to_inputs
+
+    train, val = tiny_data
+    cfg = tiny_cfg("mlp", lr=1e-12, dropout=0.0, batch_norm=False, schedule="none", batch_size=96)
+    result = fit(cfg, train, val, CPU)
+    seed_everything(cfg.seed, CPU)
+    initial = build_model(cfg)
+    expected = score(initial, to_inputs(train.images, cfg, CPU), torch.from_numpy(train.labels), cfg).accuracy
+    assert 0.0 < expected < 1.0
+    assert result.history[0]["train_accuracy"] == expected

@@ -5,7 +5,16 @@ import sys
 
 import pytest
 
-from stages.params import CNNParams, DataParams, MLPParams, ParamsError, load_params, parse_section, read_yaml
+from stages.params import (
+    CNNParams,
+    DataParams,
+    MLPParams,
+    ParamsError,
+    load_params,
+    parse_section,
+    read_yaml,
+    set_dotted,
+)
 from tests.conftest import ROOT, run, set_params, stage
 
 DEFAULTS = read_yaml(ROOT / "params.yaml")
@@ -13,11 +22,7 @@ DEFAULTS = read_yaml(ROOT / "params.yaml")
 
 def with_change(section: str, dotted: str, value: object) -> dict:
     raw = copy.deepcopy(DEFAULTS[section])
-    *parents, key = dotted.split(".")
-    node = raw
-    for parent in parents:
-        node = node[parent]
-    node[key] = value
+    set_dotted(raw, dotted, value)
     return raw
 
 
@@ -135,3 +140,11 @@ def test_bad_value_from_dvc_exp_run_is_one_line(project) -> None:
     assert "error: params.yaml: mlp.epochs must be a positive integer, got 'ten'" in output
     assert "Traceback" not in output
     assert not (project / "models" / "mlp.pt").exists()
+
+
+def test_set_dotted_sets_nested_keys_like_exp_run_s() -> None:
+    raw = copy.deepcopy(DEFAULTS)
+    set_dotted(raw, "cnn.augment.erase", 0.25)
+    set_dotted(raw, "mlp.epochs", 3)
+    assert raw["cnn"]["augment"]["erase"] == 0.25 and raw["mlp"]["epochs"] == 3
+    assert raw["cnn"]["augment"]["hflip"] == DEFAULTS["cnn"]["augment"]["hflip"]
