@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
 import shutil
 import tempfile
@@ -14,7 +15,6 @@ from pathlib import Path
 import numpy as np
 
 from stages.errors import UserError
-from stages.files import write_with
 from stages.params import IMAGE_SIDE, NUM_CLASSES, DataParams
 
 CLASS_NAMES = (
@@ -111,30 +111,41 @@ def download(target: Path) -> Path:
 def parse_idx(raw: bytes, path: Path, magic: int, dims: tuple[int, ...]) -> np.ndarray:
     """The uint8 data of decompressed IDX bytes, after checking the magic number, the sizes and the length."""
     header = np.frombuffer(raw, dtype=">u4", count=1 + len(dims)) if len(raw) >= 4 * (1 + len(dims)) else []
-    if (
-        len(header) == 0
-        or header[0] != magic
-        or tuple(header[1:]) != dims
-        or len(raw) != 4 * len(header) + np.prod(dims)
-    ):
+    if len(header) == 0 or header[0] != magic or tuple(header[1:]) != dims:
         found = f"magic {header[0]} and shape {tuple(int(d) for d in header[1:])}" if len(header) else "no header"
         raise DataError(
             f"{path} is not an IDX file of magic {magic} and shape {dims} ({found}); replace it with the official file"
         )
+    expected = idx_length(dims)
+    if len(raw) != expected:
+        found = "more than that" if len(raw) > expected else f"{len(raw):,}"
+        raise DataError(
+            f"{path} has the right header but {found} bytes (decompressed) where the official file has "
+            f"{expected:,}; it is {'truncated' if len(raw) < expected else 'not the official file'}: replace it"
+        )
     return np.frombuffer(raw, dtype=np.uint8, offset=4 * len(header)).reshape(dims).copy()  # writable for torch
 
 
+def idx_length(dims: tuple[int, ...]) -> int:
+    """Bytes of an IDX file of uint8 data: the magic number and one size per dimension, then the data."""
+    return 4 * (1 + len(dims)) + math.prod(dims)
+
+
 def read_idx(path: Path, name: str) -> np.ndarray:
-    """One official IDX file (plain or gzip): its header first, so a swapped file says what it is, then its MD5."""
+    """One official IDX file (plain or gzip): its header first, so a swapped file says what it is, then its MD5.
+
+    At most one byte more than the official file is read (or decompressed): a gzip bomb stops there."""
+    count = SPLIT_SIZES[name.split("-")[0]]
+    magic, dims = (IMAGES_MAGIC, (count, IMAGE_SIDE, IMAGE_SIDE)) if "images" in name else (LABELS_MAGIC, (count,))
     try:
-        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+            raw = f.read(idx_length(dims) + 1)
     except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
         raise DataError(f"{path} is a truncated or corrupt gzip file ({exc}); download or reinstall it") from None
-    count = SPLIT_SIZES[name.split("-")[0]]
-    if "images" in name:
-        array = parse_idx(raw, path, IMAGES_MAGIC, (count, IMAGE_SIDE, IMAGE_SIDE))
-    else:
-        array = parse_idx(raw, path, LABELS_MAGIC, (count,))
+    except OSError as exc:
+        reason = exc.strerror or exc
+        raise DataError(f"cannot read {path}: {reason}; check its permissions or use another source") from None
+    array = parse_idx(raw, path, magic, dims)
     actual = hashlib.md5(raw).hexdigest()
     if actual != RAW_FILES[name]:
         raise DataError(
@@ -173,10 +184,11 @@ def split_train(train: Split, cfg: DataParams) -> tuple[Split, Split]:
     return Split(train.images[rest], train.labels[rest]), Split(train.images[val_idx], train.labels[val_idx])
 
 
-def save_split(split: Split, name: str, folder: Path = PREPARED_DIR) -> None:
-    # Plain .npy: byte-identical for identical arrays, so DVC sees no change when nothing changed.
+def save_split(split: Split, name: str, folder: Path) -> None:
+    """Into a folder that `all_or_nothing` handed out. Plain .npy: byte-identical for identical arrays, so DVC
+    sees no change when nothing changed."""
     for kind, array in (("images", split.images), ("labels", split.labels)):
-        write_with(folder / f"{name}_{kind}.npy", lambda tmp, a=array: _save_npy(tmp, a))
+        _save_npy(folder / f"{name}_{kind}.npy", array)
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from stages.data import CLASS_NAMES, Split
 from stages.errors import UserError
 from stages.files import load_torch, save_torch
-from stages.models import build_model
+from stages.models import build_model, check_size
 from stages.params import CNNParams, MLPParams, ParamsError, TrainParams, parse_section, to_dict
 
 EVAL_BATCH = 1000
@@ -291,15 +291,29 @@ def save_checkpoint(path: str | Path, result: FitResult, cfg: MLPParams | CNNPar
     })  # fmt: skip
 
 
+def _check_finite(path: str | Path, name: str, state: dict[str, torch.Tensor]) -> None:
+    """NaN weights predict NaN everywhere: "nan%" in predict and invalid JSON in the metrics."""
+    for key, tensor in state.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise UserError(f"{path} holds NaN or infinite weights ({key}); retrain with `dvc repro train_{name}`")
+
+
 def load_checkpoint(path: str | Path, name: str) -> tuple[nn.Module, MLPParams | CNNParams]:
     """Rebuild a model from its checkpoint (weights_only), checking it is the model and shapes it claims."""
     ckpt = load_torch(path)
-    if not isinstance(ckpt, dict) or not {"model", "params", "state_dict"} <= ckpt.keys() or ckpt["model"] != name:
+    if (
+        not isinstance(ckpt, dict)
+        or not {"model", "params", "state_dict"} <= ckpt.keys()
+        or ckpt["model"] != name
+        or not isinstance(ckpt["state_dict"], dict)
+        or not all(isinstance(v, torch.Tensor) for v in ckpt["state_dict"].values())
+    ):
         raise UserError(f"{path} is not a {name} checkpoint of this project; retrain with `dvc repro train_{name}`")
     try:
         cfg = parse_section(name, ckpt["params"])
     except ParamsError as exc:
         raise UserError(f"{path} carries invalid params ({exc}); retrain with `dvc repro train_{name}`") from None
+    check_size(cfg)
     model = build_model(cfg)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     found = {k: tuple(v.shape) for k, v in ckpt["state_dict"].items()}
@@ -310,5 +324,6 @@ def load_checkpoint(path: str | Path, name: str) -> tuple[nn.Module, MLPParams |
             f"{path} does not match its own {name} params: {key} has shape {found.get(key, 'missing')}, "
             f"the params build {expected.get(key, 'no such tensor')}; retrain with `dvc repro train_{name}`"
         )
+    _check_finite(path, name, ckpt["state_dict"])
     model.load_state_dict(ckpt["state_dict"])
     return model.to(memory_format=_layout(cfg)), cfg

@@ -1,44 +1,122 @@
-"""User-facing errors: one line on stderr, a non-zero exit, never a traceback."""
+"""User-facing errors: one line on stderr, a non-zero exit, never a traceback.
+
+Every way a stage can stop (a user error, Ctrl-C or SIGTERM, an OS error such as a full disk) ends in one
+`error:` line that also says which outputs were written and which were left as they were (the journal below,
+kept by `stages.files.all_or_nothing`).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
+import os
 import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
+
+EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
 class UserError(Exception):
     """Something the user can fix; the message says what is wrong and how to fix it."""
 
 
-class Interrupted(UserError):
-    """Ctrl-C or SIGTERM: reported like a user error so nothing half-done is left."""
+class Interrupted(BaseException):
+    """Ctrl-C or SIGTERM. A BaseException, like KeyboardInterrupt, so no `except Exception` can swallow it."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+        self.exit_code = EXIT_CODES[signal.Signals(signum)]
+
+
+# What this process promised to write (in order) and what it has renamed into place so far.
+PLANNED: list[str] = []
+WRITTEN: list[str] = []
+
+
+def _listing(paths: list[str]) -> str:
+    return paths[0] if len(paths) == 1 else ", ".join(paths[:-1]) + " and " + paths[-1]
+
+
+def outputs_note() -> str:
+    """What the stage wrote and what it left as it was, for the last line of a failed stage."""
+    left = [p for p in PLANNED if p not in WRITTEN]
+    if not WRITTEN:
+        if not left:
+            return "nothing was written"
+        return f"nothing was written ({_listing(left)} {'is' if len(left) == 1 else 'are'} as before)"
+    if not left:
+        return f"{_listing(WRITTEN)} had already been written"
+    return f"wrote {_listing(WRITTEN)} but left {_listing(left)} as before"
+
+
+ADVICE = {
+    errno.ENOSPC: "free some disk space and rerun",
+    errno.EDQUOT: "free some disk space and rerun",
+    errno.EACCES: "check its permissions and rerun",
+    errno.EPERM: "check its permissions and rerun",
+    errno.EROFS: "write to a writable file system and rerun",
+    errno.EISDIR: "remove what is in the way and rerun",
+    errno.ENOTDIR: "remove what is in the way and rerun",
+}
+
+
+def describe_os_error(exc: OSError) -> str:
+    """`path: reason; what to do`, without the errno numbers and quoting Python adds."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    where = f"{exc.filename}: " if exc.filename else ""
+    return f"{where}{reason}; {ADVICE.get(exc.errno, 'check the path and rerun')}"
 
 
 def _raise_interrupted(signum: int, _frame: object) -> None:
-    raise Interrupted(f"interrupted by {signal.Signals(signum).name}; nothing was written, rerun to start over")
+    # A second signal while the first one unwinds (removing temporaries, printing) must not interrupt that.
+    for sig in EXIT_CODES:
+        signal.signal(sig, signal.SIG_IGN)
+    raise Interrupted(signum)
+
+
+def startup_handler(signum: int, _frame: object) -> None:
+    """Ctrl-C or SIGTERM while Python imports torch and friends: nothing exists yet, so leave at once."""
+    name = signal.Signals(signum).name
+    os.write(2, f"error: interrupted by {name} during start-up; nothing was written, rerun to start over\n".encode())
+    os._exit(EXIT_CODES[signal.Signals(signum)])
+
+
+def install_startup_handlers() -> None:
+    for sig in EXIT_CODES:
+        signal.signal(sig, startup_handler)
+
+
+def _fail(message: str, code: int) -> None:
+    with contextlib.suppress(OSError):  # stderr itself is gone: the exit code still tells
+        print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(code)
 
 
 def entry_point(main: Callable[[], None]) -> Callable[[], None]:
-    """Wrap a stage's main(): user errors and interrupts become one line and exit code 1 (130 for Ctrl-C)."""
+    """Wrap a stage's main(): every way it can stop becomes one line and a non-zero exit code."""
 
     @functools.wraps(main)
     def wrapper() -> None:
-        signal.signal(signal.SIGTERM, _raise_interrupted)
+        for sig in EXIT_CODES:
+            signal.signal(sig, _raise_interrupted)
         try:
             if not Path("params.yaml").is_file():
                 raise UserError(f"no params.yaml in {Path.cwd()}: run the stages from the repository root")
             main()
-        except KeyboardInterrupt:
-            print("error: interrupted by SIGINT; nothing was written, rerun to start over", file=sys.stderr)
-            sys.exit(130)
+        except KeyboardInterrupt:  # only if something reinstalled Python's default handler
+            _fail(f"interrupted by SIGINT; {outputs_note()}; rerun to start over", 130)
         except Interrupted as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            sys.exit(143)
+            _fail(f"{exc}; {outputs_note()}; rerun to start over", exc.exit_code)
         except UserError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            sys.exit(1)
+            _fail(f"{exc}; {outputs_note()}" if PLANNED else str(exc), 1)
+        except OSError as exc:
+            _fail(f"{describe_os_error(exc)}; {outputs_note()}", 1)
+        finally:
+            # The work is over, either way: a late signal during interpreter shutdown is not a traceback.
+            for sig in EXIT_CODES:
+                signal.signal(sig, signal.SIG_IGN)
 
     return wrapper

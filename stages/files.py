@@ -1,70 +1,273 @@
-"""File I/O that never leaves a half-written output: write to a temporary file, then rename."""
+"""File I/O that never leaves a half-written output or a mix of new and stale ones.
+
+A stage writes each output to a temporary next to it, `.<name>.<pid>.<random>.tmp` (ignored by git and DVC),
+and renames them all into place together at the end (`all_or_nothing`). Temporaries that a killed process left
+behind are removed the next time the same output is written.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import glob
+import io
 import json
+import math
 import os
 import pickle
+import re
+import shutil
+import signal
+import stat
 import tempfile
+import zipfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from stages import errors
 from stages.errors import UserError
 
+TEMP_SUFFIX = ".tmp"
 
-@contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; rename it over `path` only if the block succeeds."""
-    path = Path(path)
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}.{os.getpid()}."
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Remove the temporaries of `path` whose process is gone (a SIGKILL or a power cut left them)."""
+    removed = []
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(\d+)\.[^.]+{re.escape(TEMP_SUFFIX)}$")
+    for candidate in path.parent.glob(f".{glob.escape(path.name)}.*{TEMP_SUFFIX}"):
+        match = pattern.match(candidate.name)
+        if match and not _pid_alive(int(match[1])):
+            _remove(candidate)
+            removed.append(candidate)
+    return removed
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+def _new_temp(path: Path, folder: bool = False) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temporaries(path)
+    if folder:
+        return Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=TEMP_SUFFIX, dir=path.parent))
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=TEMP_SUFFIX, dir=path.parent)
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; outputs get the usual permissions
+    return Path(tmp)
+
+
+class Outputs:
+    """A stage's outputs as temporary paths; `all_or_nothing` renames them over the real ones together."""
+
+    def __init__(self) -> None:
+        self.pending: dict[Path, Path] = {}  # final path -> temporary, in the order they are renamed
+
+    def path(self, final: str | Path) -> Path:
+        """A temporary file for `final`. Outputs are renamed in the order asked for: ask for the model last."""
+        return self._add(Path(final), folder=False)
+
+    def folder(self, final: str | Path) -> Path:
+        """A temporary folder for `final`, which replaces the whole folder."""
+        return self._add(Path(final), folder=True)
+
+    def _add(self, final: Path, folder: bool) -> Path:
+        if final in self.pending:
+            raise ValueError(f"{final} is already an output of this stage")
+        self.pending[final] = _new_temp(final, folder)
+        # Planned again (a second write of the same output) means pending again.
+        errors.WRITTEN[:] = [p for p in errors.WRITTEN if p != str(final)]
+        errors.PLANNED[:] = [p for p in errors.PLANNED if p != str(final)] + [str(final)]
+        return self.pending[final]
+
+    def write_with(self, final: str | Path, writer: Callable[[Path], None]) -> None:
+        tmp = self.path(final)
+        try:
+            writer(tmp)
+        except OSError as exc:
+            if exc.filename in (None, str(tmp), tmp):
+                exc.filename = str(final)
+            raise
+
+    def write_text(self, final: str | Path, text: str) -> None:
+        self.write_with(final, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+    def write_json(self, final: str | Path, obj: Any) -> None:
+        self.write_text(final, to_json(final, obj))
+
+    def save_torch(self, final: str | Path, obj: Any) -> None:
+        self.write_with(final, lambda tmp: _save_torch_to(tmp, obj))
+
+    def _commit(self) -> None:
+        # No signal between two renames: a stage's outputs change together. A signal that arrives meanwhile
+        # is delivered when they are all in place (and the message then says they were written).
+        for final, tmp in self.pending.items():
+            _check_replaceable(tmp, final)
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, set(errors.EXIT_CODES))
+        try:
+            for final, tmp in self.pending.items():
+                _replace(tmp, final)
+                errors.WRITTEN.append(str(final))
+            self.pending.clear()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+    def _discard(self) -> None:
+        for tmp in self.pending.values():
+            with contextlib.suppress(OSError):
+                _remove(tmp)
+        self.pending.clear()
+
+
+def _check_replaceable(tmp: Path, final: Path) -> None:
+    """Before any rename: a folder where a file goes (or the reverse) would fail the rename halfway through."""
+    if final.exists() and not final.is_symlink() and final.is_dir() != tmp.is_dir():
+        what = "a directory" if final.is_dir() else "a file"
+        raise UserError(
+            f"{final} is {what}, where this stage writes {'a folder' if tmp.is_dir() else 'a file'}: "
+            "move it out of the way and rerun"
+        )
+
+
+def _replace(tmp: Path, final: Path) -> None:
+    """Rename `tmp` over `final`; a folder over a folder goes through a moment where `final` is absent."""
     try:
-        yield Path(tmp)
-        os.replace(tmp, path)
+        if tmp.is_dir() and final.is_dir() and not final.is_symlink():
+            old = Path(tempfile.mkdtemp(prefix=_temp_prefix(final), suffix=TEMP_SUFFIX, dir=final.parent))
+            os.replace(final, old / final.name)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except OSError as exc:
+        exc.filename = str(final)
+        raise
+
+
+@contextlib.contextmanager
+def all_or_nothing() -> Iterator[Outputs]:
+    """Hand out temporary paths for a stage's outputs; rename them all into place only if the block succeeds.
+
+    On any failure (an error, Ctrl-C, SIGTERM, a full disk) the temporaries are removed and every output is left
+    as it was; the stage's error line then says so (`stages.errors.outputs_note`).
+    """
+    outputs = Outputs()
+    try:
+        yield outputs
+    except BaseException:
+        outputs._discard()
+        raise
+    try:
+        outputs._commit()
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def write_text(path: str | Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-
-
-def write_json(path: str | Path, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2) + "\n")
+        outputs._discard()
 
 
 def write_with(path: str | Path, writer: Callable[[Path], None]) -> None:
-    """Atomically create `path` with a writer that takes a path (pandas, numpy, matplotlib, torch)."""
-    with atomic_path(path) as tmp:
-        writer(tmp)
+    """One output on its own, created atomically by a writer that takes a path (pandas, numpy, matplotlib)."""
+    with all_or_nothing() as outputs:
+        outputs.write_with(path, writer)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    with all_or_nothing() as outputs:
+        outputs.write_json(path, obj)
 
 
 def save_torch(path: str | Path, obj: Any) -> None:
-    write_with(path, lambda tmp: torch.save(obj, tmp))
+    with all_or_nothing() as outputs:
+        outputs.save_torch(path, obj)
+
+
+def to_json(path: str | Path, obj: Any) -> str:
+    """JSON text, refusing NaN and infinities (which would make the file invalid JSON)."""
+    try:
+        return json.dumps(obj, indent=2, allow_nan=False) + "\n"
+    except ValueError:
+        raise UserError(f"{path} would hold NaN or an infinity, which JSON cannot: {_non_finite(obj)}") from None
+
+
+def _non_finite(obj: Any, where: str = "") -> str:
+    """The first non-finite number in nested dicts, as `test.loss is nan`."""
+    if isinstance(obj, dict):
+        found = (_non_finite(v, f"{where}.{k}".lstrip(".")) for k, v in obj.items())
+        return next(filter(None, found), "")
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return f"{where or 'the value'} is {obj}"
+    return ""
+
+
+def _save_torch_to(path: Path, obj: Any) -> None:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    path.write_bytes(buffer.getvalue())
+
+
+def not_a_regular_file(path: Path) -> str | None:
+    """None for an existing regular file, else what `path` is: only regular files are opened, since a FIFO
+    would block the reader for ever and a device may never end."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "does not exist"
+    if stat.S_ISDIR(mode):
+        return "is a directory"
+    return None if stat.S_ISREG(mode) else "is a special file (a FIFO, socket or device)"
+
+
+def _head(path: Path, size: int) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(size)
+
+
+def _starts_like_pickle(path: Path) -> bool:
+    head = _head(path, 2)
+    return len(head) == 2 and head[0] == pickle.PROTO[0] and 2 <= head[1] <= pickle.HIGHEST_PROTOCOL
 
 
 def load_torch(path: str | Path) -> Any:
     """Load a checkpoint with weights_only=True; anything that would run code is refused."""
     path = Path(path)
-    if not path.is_file():
+    problem = not_a_regular_file(path)
+    if problem == "does not exist":
         raise UserError(f"{path} does not exist: run `dvc repro` to create it")
+    if problem:
+        raise UserError(f"{path} {problem}, not a model file: remove it, then run `dvc repro` to create it")
+    if not zipfile.is_zipfile(path) and not _starts_like_pickle(path):
+        # torch.save writes a zip archive (an old one a bare pickle): random bytes are neither, and are no code.
+        what = "a truncated or damaged" if _head(path, 4) == b"PK\x03\x04" else "not a"
+        raise UserError(f"{path} is {what} PyTorch model file: retrain with `dvc repro`")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        found = re.search(r"(?:unsupported|Unsupported global:) GLOBAL ([\w.]+)", str(exc))
+        what = f"such as {found[1]}" if found else "the weights-only loader refused it"
         raise UserError(
             f"refusing to load {path}: it holds objects other than tensors and plain data "
-            f"({first[:120]}); only load model files you trust, or retrain with `dvc repro`"
+            f"({what}); only load model files you trust, or retrain with `dvc repro`"
         ) from None
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise UserError(f"{path} is not a readable model file ({exc}): retrain with `dvc repro`") from None
+    except (RuntimeError, EOFError, ValueError, KeyError, OSError, zipfile.BadZipFile) as exc:
+        reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{path} is not a readable model file ({reason}): retrain with `dvc repro`") from None

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
-from stages.params import IMAGE_SIDE, NUM_CLASSES, CNNParams, MLPParams, feature_side
+from stages.params import IMAGE_SIDE, NUM_CLASSES, CNNParams, MLPParams, ParamsError, feature_side
+
+# Far beyond this project's models (0.5M parameters, 20M activations a batch), far below a machine's memory.
+MAX_PARAMETERS = 100_000_000
+MAX_ACTIVATIONS = 1_000_000_000  # values a training batch keeps for the backward pass (4 GB in float32)
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
 
@@ -55,3 +60,25 @@ def build_model(cfg: MLPParams | CNNParams) -> nn.Sequential:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def check_size(cfg: MLPParams | CNNParams) -> None:
+    """Refuse a model too large to train here, measured without allocating it (on PyTorch's meta device)."""
+    activations = []
+    with torch.device("meta"):
+        model = build_model(cfg)
+        for layer in model:
+            layer.register_forward_hook(lambda _layer, _inputs, out: activations.append(out.numel()))
+        model(torch.empty(cfg.batch_size, 1, IMAGE_SIDE, IMAGE_SIDE))
+    sizes = f"{cfg.name}.hidden" if isinstance(cfg, MLPParams) else f"{cfg.name}.channels or {cfg.name}.fc"
+    if count_parameters(model) > MAX_PARAMETERS:
+        raise ParamsError(
+            f"params.yaml: {cfg.name} would have {count_parameters(model):,} parameters, more than the "
+            f"{MAX_PARAMETERS:,} this project allows; make {sizes} smaller"
+        )
+    if sum(activations) > MAX_ACTIVATIONS:
+        raise ParamsError(
+            f"params.yaml: {cfg.name} would keep {sum(activations):,} values per batch of {cfg.batch_size} for the "
+            f"backward pass, more than the {MAX_ACTIVATIONS:,} this project allows; lower {cfg.name}.batch_size "
+            f"or make {sizes} smaller"
+        )

@@ -7,19 +7,39 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
+import reprlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from stages.errors import UserError
 
 IMAGE_SIDE = 28
 NUM_CLASSES = 10
 TRAIN_IMAGES = 60_000
+# Bounds that keep a typo from asking for terabytes or years; far beyond anything this dataset needs.
+MAX_SEED = 2**32 - 1  # numpy's legacy seeding refuses more
+MAX_EPOCHS = 10_000
+MAX_LAYERS = 16
+MAX_WIDTH = 16_384  # units of a hidden or FC layer
+MAX_CHANNELS = 4_096
+MAX_KERNEL = IMAGE_SIDE - 1
+# params.yaml itself: read at most this many bytes, and expand aliases to at most this many values.
+MAX_PARAMS_BYTES = 1_000_000
+MAX_PARAMS_VALUES = 10_000
+
+_short = reprlib.Repr()
+_short.maxlevel, _short.maxlist, _short.maxdict, _short.maxstring, _short.maxother, _short.maxlong = 3, 8, 8, 60, 60, 40
+
+
+def shown(value: Any) -> str:
+    """A value for an error message, cut short: a nested alias bomb must not make the message gigabytes long."""
+    return _short.repr(value)
+
+
+def _shown_key(key: Any) -> str:
+    return _short.repr(key).strip("'") if isinstance(key, str) else _short.repr(key)
 
 
 class ParamsError(UserError):
@@ -37,7 +57,23 @@ def _is_int(v: Any) -> bool:
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an integer of hundreds of digits has no float
+        return False
+
+
+def _int_in(low: int, high: int, unit: str = "") -> Rule:
+    return Rule(lambda v: _is_int(v) and low <= v <= high, f"an integer from {low} to {high}{unit}")
+
+
+def _sizes(high: int) -> Rule:
+    return Rule(
+        lambda v: isinstance(v, list) and 0 < len(v) <= MAX_LAYERS and all(_is_int(x) and 0 < x <= high for x in v),
+        f"a list of 1 to {MAX_LAYERS} integers from 1 to {high}",
+    )
 
 
 def _one_of(*names: str) -> Rule:
@@ -49,18 +85,14 @@ def _optional(rule: Rule) -> Rule:
 
 
 POSITIVE_INT = Rule(lambda v: _is_int(v) and v > 0, "a positive integer")
-NON_NEGATIVE_INT = Rule(lambda v: _is_int(v) and v >= 0, "a non-negative integer")
+SEED = _int_in(0, MAX_SEED)
 POSITIVE_NUMBER = Rule(lambda v: _is_number(v) and v > 0, "a positive number")
 NON_NEGATIVE_NUMBER = Rule(lambda v: _is_number(v) and v >= 0, "a non-negative number")
 NUMBER = Rule(_is_number, "a number")
 FRACTION = Rule(lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)")
 OPEN_FRACTION = Rule(lambda v: _is_number(v) and 0 < v < 1, "a number in (0, 1)")
 BOOL = Rule(lambda v: isinstance(v, bool), "true or false")
-ODD_INT = Rule(lambda v: _is_int(v) and v > 0 and v % 2 == 1, "a positive odd integer")
-SIZES = Rule(
-    lambda v: isinstance(v, list) and len(v) > 0 and all(_is_int(x) and x > 0 for x in v),
-    "a non-empty list of positive integers",
-)
+ODD_INT = Rule(lambda v: _is_int(v) and 0 < v <= MAX_KERNEL and v % 2 == 1, f"an odd integer from 1 to {MAX_KERNEL}")
 ACTIVATIONS = _one_of("relu", "gelu", "silu", "tanh")
 
 
@@ -72,7 +104,7 @@ def _key(rule: Rule) -> Any:
 class DataParams:
     raw_dir: str | None = _key(Rule(lambda v: v is None or (isinstance(v, str) and v != ""), "a folder path or null"))
     val_size: int = _key(POSITIVE_INT)
-    seed: int = _key(NON_NEGATIVE_INT)
+    seed: int = _key(SEED)
     train_limit: int | None = _key(_optional(POSITIVE_INT))
 
     def check(self) -> None:
@@ -107,9 +139,9 @@ class Augment:
 class TrainParams:
     """What both models share: the optimisation and the input pipeline."""
 
-    epochs: int = _key(POSITIVE_INT)
+    epochs: int = _key(_int_in(1, MAX_EPOCHS))
     lr: float = _key(POSITIVE_NUMBER)
-    batch_size: int = _key(POSITIVE_INT)
+    batch_size: int = _key(_int_in(1, TRAIN_IMAGES))
     optimizer: str = _key(_one_of("sgd", "adam", "adamw"))
     dropout: float = _key(FRACTION)
     momentum: float = _key(FRACTION)
@@ -118,7 +150,7 @@ class TrainParams:
     schedule: str = _key(_one_of("none", "step", "cosine", "onecycle"))
     warmup: float = _key(OPEN_FRACTION)
     label_smoothing: float = _key(FRACTION)
-    seed: int = _key(NON_NEGATIVE_INT)
+    seed: int = _key(SEED)
     device: str = _key(_one_of("auto", "cpu", "cuda", "mps"))
     precision: str = _key(_one_of("auto", "fp32", "bf16"))
     normalize: Normalize = field(metadata={"section": Normalize})
@@ -139,20 +171,20 @@ class TrainParams:
 
 @dataclass(frozen=True, kw_only=True)
 class MLPParams(TrainParams):
-    hidden: list[int] = _key(SIZES)
+    hidden: list[int] = _key(_sizes(MAX_WIDTH))
     activation: str = _key(ACTIVATIONS)
     batch_norm: bool = _key(BOOL)
 
 
 @dataclass(frozen=True, kw_only=True)
 class CNNParams(TrainParams):
-    channels: list[int] = _key(SIZES)
+    channels: list[int] = _key(_sizes(MAX_CHANNELS))
     kernel_size: int = _key(ODD_INT)
     padding: str = _key(_one_of("same", "valid"))
     pool: str = _key(_one_of("max", "avg", "none"))
     batch_norm: bool = _key(BOOL)
     activation: str = _key(ACTIVATIONS)
-    fc: int = _key(NON_NEGATIVE_INT)
+    fc: int = _key(_int_in(0, MAX_WIDTH, "; 0 = none"))
     channels_last: bool = _key(BOOL)
 
     def check(self) -> None:
@@ -176,31 +208,37 @@ def feature_side(cfg: CNNParams) -> int:
     return side
 
 
+def check_batches(cfg: TrainParams, images: int) -> None:
+    """The checks that need the number of training images; the train stage runs them before loading any."""
+    batches = math.ceil(images / cfg.batch_size)
+    steps = cfg.epochs * batches
+    if cfg.schedule == "onecycle" and cfg.warmup * steps < 2:
+        raise ParamsError(
+            f"params.yaml: {cfg.name}.warmup {cfg.warmup:g} of {steps} steps ({cfg.epochs} epochs of {batches} "
+            f"batches) is {cfg.warmup * steps:g} warm-up steps, and the one-cycle schedule needs at least 2; "
+            f"lower {cfg.name}.batch_size or raise {cfg.name}.epochs or {cfg.name}.warmup"
+        )
+    # Training-mode batch norm needs two values per channel: one image is too few where it sees 1x1 maps.
+    single_values = isinstance(cfg, MLPParams) or (isinstance(cfg, CNNParams) and feature_side(cfg) == 1)
+    if cfg.batch_norm and single_values and images % cfg.batch_size == 1:
+        raise ParamsError(
+            f"params.yaml: {cfg.name}.batch_size {cfg.batch_size} leaves a last batch of one image (of {images} "
+            f"training images), which batch norm cannot train on; choose another {cfg.name}.batch_size"
+        )
+
+
 SECTIONS: dict[str, type] = {"data": DataParams, "mlp": MLPParams, "cnn": CNNParams}
 SECTION_NAMES = {cls: name for name, cls in SECTIONS.items()}
 MODELS = ("mlp", "cnn")
 
 
-class _Loader(yaml.SafeLoader):
-    """YAML 1.2 floats: `lr: 1e-3` (as `dvc exp run -S` writes it) is a number, not a string."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(
-        r"^[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?$|^[-+]?\d+\.\d*$|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"
-    ),
-    list("-+0123456789."),
-)
-
-
 def _build(cls: type, raw: Any, prefix: str) -> Any:
     if not isinstance(raw, dict):
-        raise ParamsError(f"params.yaml: {prefix} must be a mapping of keys to values, got {raw!r}")
+        raise ParamsError(f"params.yaml: {prefix} must be a mapping of keys to values, got {shown(raw)}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in fields:
-            raise ParamsError(f"params.yaml: unknown key {prefix}.{key}; allowed keys: {', '.join(fields)}")
+            raise ParamsError(f"params.yaml: unknown key {prefix}.{_shown_key(key)}; allowed keys: {', '.join(fields)}")
     values = {}
     for name, f in fields.items():
         key = f"{prefix}.{name}"
@@ -212,7 +250,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
             continue
         rule: Rule = f.metadata["rule"]
         if not rule.ok(value):
-            raise ParamsError(f"params.yaml: {key} must be {rule.allowed}, got {value!r}")
+            raise ParamsError(f"params.yaml: {key} must be {rule.allowed}, got {shown(value)}")
         # YAML integers are valid floats; store them as floats so the dataclass types hold.
         values[name] = float(value) if f.type == "float" else value
     cfg = cls(**values)
@@ -227,20 +265,64 @@ def parse_section(section: str, raw: Any) -> Any:
 
 
 def read_yaml(path: str | Path = "params.yaml") -> dict:
+    """params.yaml exactly as DVC reads it (ruamel.yaml's safe loader, YAML 1.2), so that the values a stage
+    trains with are the ones `dvc params diff` and `dvc exp show` report: `seed: 010` is 10 for both, `yes` is
+    a string, and a duplicate key is refused as DVC refuses it. Bounded in size before anything is expanded."""
+    from ruamel.yaml import YAML, YAMLError
+
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            data = f.read(MAX_PARAMS_BYTES + 1)
     except OSError as exc:
         raise ParamsError(f"cannot read {path}: {exc.strerror}; run from the repository root") from None
+    if len(data) > MAX_PARAMS_BYTES:
+        raise ParamsError(f"{path} is larger than {MAX_PARAMS_BYTES:,} bytes; it should be a few dozen lines")
     try:
-        raw = yaml.load(text, Loader=_Loader)
-    except yaml.YAMLError as exc:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ParamsError(
+            f"{path} is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); save it as UTF-8"
+        ) from None
+    try:
+        raw = YAML(typ="safe").load(text)
+    except YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise ParamsError(f"{path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        problem = str(getattr(exc, "problem", None) or exc).splitlines()[0]
+        raise ParamsError(f"{path} is not valid YAML{where}: {problem}") from None
+    except RecursionError:
+        raise ParamsError(f"{path} is nested too deeply to be params") from None
     if not isinstance(raw, dict):
         raise ParamsError(f"{path} must be a mapping with the sections {', '.join(SECTIONS)}")
+    if _expanded_size(raw, {}, set()) > MAX_PARAMS_VALUES:
+        raise ParamsError(
+            f"{path} expands to more than {MAX_PARAMS_VALUES:,} values (YAML aliases nested in aliases?); "
+            "write the values out"
+        )
     return raw
+
+
+def _expanded_size(value: Any, sizes: dict[int, int], open_: set[int]) -> int:
+    """How many values `value` holds once every alias is written out; a self-reference counts as endless."""
+    if not isinstance(value, (dict, list)):
+        return 1
+    key = id(value)
+    if key in sizes:
+        return sizes[key]
+    if key in open_:
+        return MAX_PARAMS_VALUES + 1
+    open_.add(key)
+    children = value.values() if isinstance(value, dict) else value
+    total = 1
+    for child in children:
+        total += _expanded_size(child, sizes, open_)
+        if total > MAX_PARAMS_VALUES:
+            break
+    open_.discard(key)
+    sizes[key] = total
+    return total
 
 
 def load_params(section: str, path: str | Path = "params.yaml") -> Any:

@@ -12,6 +12,7 @@ if not __package__:  # started as a file path, where `import stages` would end i
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -26,6 +27,7 @@ from torch import nn
 from stages.data import CLASS_NAMES
 from stages.engine import load_checkpoint, predict_logits, to_inputs
 from stages.errors import UserError, entry_point
+from stages.files import not_a_regular_file
 from stages.params import IMAGE_SIDE, MODELS, NUM_CLASSES, CNNParams, MLPParams
 
 FORMATS = ("PNG", "JPEG")
@@ -44,10 +46,20 @@ class UnreadableImage(UserError):
     """One picture that cannot be classified; the others still are."""
 
 
+def check_regular_file(path: Path) -> None:
+    """Only a regular file is opened: a FIFO would block for ever and keep the other images waiting."""
+    problem = not_a_regular_file(path)
+    if problem == "does not exist":
+        raise UnreadableImage("no such file")
+    if problem:
+        raise UnreadableImage(f"{problem}, not an image")
+    if path.stat().st_size == 0:
+        raise UnreadableImage("the file is empty")
+
+
 def read_image(path: Path) -> np.ndarray:
     """A PNG or JPEG of any mode as a uint8 grayscale array, its transparent pixels composited onto white."""
-    if path.is_file() and path.stat().st_size == 0:
-        raise UnreadableImage("the file is empty")
+    check_regular_file(path)
     try:
         with warnings.catch_warnings():
             # Pillow only warns between 89 and 179 megapixels; a picture that large is refused either way.
@@ -56,8 +68,8 @@ def read_image(path: Path) -> np.ndarray:
                 return _grayscale(ImageOps.exif_transpose(img))  # phone photos keep their rotation in EXIF
     except FileNotFoundError:
         raise UnreadableImage("no such file") from None
-    except IsADirectoryError:
-        raise UnreadableImage("is a directory, not an image") from None
+    except PermissionError:
+        raise UnreadableImage("cannot read it: permission denied") from None
     except UnidentifiedImageError:
         raise UnreadableImage(f"not a {' or '.join(FORMATS)} image") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -135,6 +147,35 @@ def classify(model: nn.Module, cfg: MLPParams | CNNParams, images: np.ndarray) -
     return predict_logits(model, to_inputs(images, cfg, torch.device("cpu")), cfg).softmax(1)
 
 
+def check_probabilities(probs: torch.Tensor, name: str) -> None:
+    """A model whose outputs overflow gives NaN probabilities: say so rather than print "nan%"."""
+    if not torch.isfinite(probs).all():
+        raise UserError(
+            f"models/{name}.pt gives NaN or infinite probabilities (its weights overflow); "
+            f"retrain with `dvc repro train_{name}`"
+        )
+
+
+def emit(text: str) -> None:
+    """Print the results. A reader that stops early (`| head -1`) ends the command quietly, as with any Unix
+    tool; a full or failing stdout (`> /dev/full`) is one error line."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        _drop_stdout()
+        sys.exit(141)  # 128 + SIGPIPE, what the shell reports for a tool killed by a closed pipe
+    except OSError as exc:
+        _drop_stdout()
+        raise UserError(f"cannot write the results to standard output: {exc.strerror or exc}") from None
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null, so Python's final flush of what is left does not fail a second time."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 @entry_point
 def main() -> None:
     args = parse_args(sys.argv[1:])
@@ -148,6 +189,7 @@ def main() -> None:
             print(f"error: {path}: {exc}", file=sys.stderr)
     if images:
         probs = classify(model, cfg, np.stack(images))
+        check_probabilities(probs, args.model)
         # Stable, so that among equal probabilities the first class wins, as with evaluate's argmax.
         ranked = torch.sort(probs, dim=1, descending=True, stable=True).indices[:, : args.top]
         blocks = []
@@ -162,7 +204,7 @@ def main() -> None:
                     colalign=("left", "right"),
                 )
                 blocks.append(f"{path}: {top[0][0]}\n{table}")
-        print(("\n" if args.json else "\n\n").join(blocks), flush=True)
+        emit(("\n" if args.json else "\n\n").join(blocks))
     failed = len(args.images) - len(paths)
     if failed:
         raise UserError(f"{failed} of {len(args.images)} images could not be classified")

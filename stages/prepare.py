@@ -8,18 +8,20 @@ if not __package__:  # started as a file path, where `import stages` would end i
 import matplotlib
 
 matplotlib.use("Agg")
+from pathlib import Path
+
 import matplotlib.pyplot as plt
 import numpy as np
 
 from stages.data import CLASS_NAMES, PREPARED_DIR, Split, find_source, load_raw, save_split, split_train
 from stages.errors import entry_point
-from stages.files import write_with
+from stages.files import all_or_nothing
 from stages.params import load_params
 
 SAMPLES_PER_CLASS = 10
 
 
-def plot_samples(split: Split, path: str) -> None:
+def plot_samples(split: Split, path: Path) -> None:
     """One row per class with its name, the first few images of that class."""
     fig, axes = plt.subplots(
         len(CLASS_NAMES), SAMPLES_PER_CLASS, figsize=(SAMPLES_PER_CLASS * 0.9, len(CLASS_NAMES) * 0.95)
@@ -34,8 +36,10 @@ def plot_samples(split: Split, path: str) -> None:
         row[0].set_ylabel(CLASS_NAMES[cls], rotation=0, ha="right", va="center", fontsize=9)
     fig.suptitle("Fashion-MNIST training samples, one row per class")
     fig.tight_layout()
-    write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=80))
-    plt.close(fig)
+    try:
+        fig.savefig(path, format="png", dpi=80)
+    finally:
+        plt.close(fig)
 
 
 @entry_point
@@ -44,9 +48,12 @@ def main() -> None:
     source = find_source(cfg.raw_dir)
     full_train, test = load_raw(source)
     train, val = split_train(full_train, cfg)
-    for name, split in (("train", train), ("val", val), ("test", test)):
-        save_split(split, name)
-    plot_samples(train, "plots/samples.png")
+    # The splits and the samples appear together or not at all.
+    with all_or_nothing() as outputs:
+        folder = outputs.folder(PREPARED_DIR)
+        for name, split in (("train", train), ("val", val), ("test", test)):
+            save_split(split, name, folder)
+        plot_samples(train, outputs.path("plots/samples.png"))
     sizes = ", ".join(f"{len(s.labels)} {n}" for n, s in (("train", train), ("val", val), ("test", test)))
     print(f"prepare: {source} -> {PREPARED_DIR}/ with {sizes} images")
 

@@ -6,6 +6,7 @@ if not __package__:  # started as a file path, where `import stages` would end i
     raise SystemExit("error: run the stages from the repository root as `python -m stages.report`")
 
 import json
+from pathlib import Path
 
 import matplotlib
 
@@ -17,7 +18,7 @@ import yaml
 
 from stages.data import CLASS_NAMES, load_split
 from stages.errors import UserError, entry_point
-from stages.files import write_text, write_with
+from stages.files import all_or_nothing
 from stages.params import MODELS, read_yaml
 
 LABELS = {"mlp": "MLP", "cnn": "CNN"}
@@ -40,10 +41,12 @@ def _read_metrics(name: str) -> dict:
         raise UserError(f"cannot read {path} ({exc}); run `dvc repro evaluate`") from None
 
 
-def _save(fig: plt.Figure, path: str) -> None:
-    fig.tight_layout()
-    write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    plt.close(fig)
+def _save(fig: plt.Figure, path: Path) -> None:
+    try:
+        fig.tight_layout()
+        fig.savefig(path, format="png", dpi=100)
+    finally:
+        plt.close(fig)
 
 
 def comparison(metrics: dict[str, dict]) -> pd.DataFrame:
@@ -66,7 +69,7 @@ def comparison(metrics: dict[str, dict]) -> pd.DataFrame:
     return table
 
 
-def plot_curves(histories: dict[str, pd.DataFrame], metric: str, path: str) -> None:
+def plot_curves(histories: dict[str, pd.DataFrame], metric: str, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, history in histories.items():
         for split, style in (("train", "--"), ("val", "-")):
@@ -79,7 +82,7 @@ def plot_curves(histories: dict[str, pd.DataFrame], metric: str, path: str) -> N
     _save(fig, path)
 
 
-def plot_confusion(predictions: pd.DataFrame, name: str, path: str) -> None:
+def plot_confusion(predictions: pd.DataFrame, name: str, path: Path) -> None:
     counts = pd.crosstab(
         pd.Categorical(predictions["actual"], CLASS_NAMES),
         pd.Categorical(predictions["predicted"], CLASS_NAMES),
@@ -107,7 +110,7 @@ def plot_confusion(predictions: pd.DataFrame, name: str, path: str) -> None:
     _save(fig, path)
 
 
-def plot_mistakes(predictions: pd.DataFrame, images: np.ndarray, name: str, path: str) -> None:
+def plot_mistakes(predictions: pd.DataFrame, images: np.ndarray, name: str, path: Path) -> None:
     wrong = predictions[predictions["actual"] != predictions["predicted"]]
     worst = wrong.sort_values("probability", ascending=False, kind="stable").head(GALLERY)
     fig, axes = plt.subplots(2, GALLERY // 2, figsize=(GALLERY // 2 * 1.6, 2 * 2.6))
@@ -174,12 +177,15 @@ def main() -> None:
     classes = pd.DataFrame({f"{LABELS[n]} accuracy": per_class[n] for n in MODELS}).reset_index()
     classes["CNN − MLP"] = per_class["cnn"].to_numpy() - per_class["mlp"].to_numpy()
 
-    plot_curves(histories, "loss", "plots/loss.png")
-    plot_curves(histories, "accuracy", "plots/accuracy.png")
-    for name in MODELS:
-        plot_confusion(predictions[name], name, f"plots/confusion_{name}.png")
-    plot_mistakes(predictions["cnn"], load_split("test").images, "cnn", "plots/mistakes_cnn.png")
-    write_text("metrics/report.md", markdown(comparison(metrics), classes, params))
+    test_images = load_split("test").images
+    # The report and its figures appear together or not at all.
+    with all_or_nothing() as outputs:
+        plot_curves(histories, "loss", outputs.path("plots/loss.png"))
+        plot_curves(histories, "accuracy", outputs.path("plots/accuracy.png"))
+        for name in MODELS:
+            plot_confusion(predictions[name], name, outputs.path(f"plots/confusion_{name}.png"))
+        plot_mistakes(predictions["cnn"], test_images, "cnn", outputs.path("plots/mistakes_cnn.png"))
+        outputs.write_text("metrics/report.md", markdown(comparison(metrics), classes, params))
     print("report: metrics/report.md and plots/*.png written")
 
 

@@ -13,7 +13,8 @@ from stages.data import load_split
 from stages.engine import HISTORY_COLUMNS, fit, resolve_device, save_checkpoint
 from stages.errors import UserError, entry_point
 from stages.files import write_with
-from stages.params import MODELS, load_params
+from stages.models import check_size
+from stages.params import MODELS, check_batches, load_params
 
 
 @entry_point
@@ -22,7 +23,10 @@ def main() -> None:
         raise UserError(f"usage: python -m stages.train {{{'|'.join(MODELS)}}}")
     name = sys.argv[1]
     cfg = load_params(name)
+    check_size(cfg)
     device = resolve_device(cfg)
+    # Before the images are loaded: the labels file alone says how many there are.
+    check_batches(cfg, len(load_split("train", mmap=True).labels))
     result = fit(cfg, load_split("train"), load_split("val"), device)
     history = pd.DataFrame(result.history, columns=HISTORY_COLUMNS)
     write_with(f"plots/{name}/history.csv", lambda tmp: history.to_csv(tmp, index=False, float_format="%.6g"))

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import sys
+import time
 
 import pytest
 
@@ -10,6 +12,7 @@ from stages.params import (
     DataParams,
     MLPParams,
     ParamsError,
+    check_batches,
     load_params,
     parse_section,
     read_yaml,
@@ -36,11 +39,11 @@ def test_default_params_load() -> None:
 @pytest.mark.parametrize(
     ("section", "key", "value", "expected"),
     [
-        ("mlp", "epochs", "ten", "mlp.epochs must be a positive integer, got 'ten'"),
-        ("mlp", "epochs", -1, "mlp.epochs must be a positive integer, got -1"),
-        ("cnn", "epochs", 2.5, "cnn.epochs must be a positive integer"),
-        ("cnn", "epochs", True, "cnn.epochs must be a positive integer"),
-        ("cnn", "batch_size", 0, "cnn.batch_size must be a positive integer, got 0"),
+        ("mlp", "epochs", "ten", "mlp.epochs must be an integer from 1 to 10000, got 'ten'"),
+        ("mlp", "epochs", -1, "mlp.epochs must be an integer from 1 to 10000, got -1"),
+        ("cnn", "epochs", 2.5, "cnn.epochs must be an integer from 1 to 10000"),
+        ("cnn", "epochs", True, "cnn.epochs must be an integer from 1 to 10000"),
+        ("cnn", "batch_size", 0, "cnn.batch_size must be an integer from 1 to 60000, got 0"),
         ("mlp", "lr", 0, "mlp.lr must be a positive number, got 0"),
         ("mlp", "lr", -0.1, "mlp.lr must be a positive number"),
         ("mlp", "lr", float("nan"), "mlp.lr must be a positive number"),
@@ -50,10 +53,10 @@ def test_default_params_load() -> None:
         ("cnn", "schedule", "linear", "cnn.schedule must be one of none, step, cosine, onecycle"),
         ("mlp", "activation", "sigmoid", "mlp.activation must be one of relu, gelu, silu, tanh"),
         ("mlp", "device", "tpu", "mlp.device must be one of auto, cpu, cuda, mps"),
-        ("mlp", "hidden", [], "mlp.hidden must be a non-empty list of positive integers, got []"),
-        ("mlp", "hidden", [128, 1.5], "mlp.hidden must be a non-empty list of positive integers"),
-        ("mlp", "hidden", 128, "mlp.hidden must be a non-empty list of positive integers"),
-        ("cnn", "kernel_size", 4, "cnn.kernel_size must be a positive odd integer"),
+        ("mlp", "hidden", [], "mlp.hidden must be a list of 1 to 16 integers from 1 to 16384, got []"),
+        ("mlp", "hidden", [128, 1.5], "mlp.hidden must be a list of 1 to 16 integers"),
+        ("mlp", "hidden", 128, "mlp.hidden must be a list of 1 to 16 integers"),
+        ("cnn", "kernel_size", 4, "cnn.kernel_size must be an odd integer from 1 to 27"),
         ("cnn", "normalize.std", 0, "cnn.normalize.std must be a positive number"),
         ("cnn", "augment.shift", 9, "cnn.augment.shift must be an integer from 0 to 4"),
         ("data", "val_size", 60000, "data.val_size must be between 10"),
@@ -112,7 +115,7 @@ def test_stage_rejects_bad_params_before_any_work(project) -> None:
     set_params(project, {"cnn.epochs": "ten"})
     result = stage(project, "train", "cnn", check=False)
     assert result.returncode == 1
-    assert result.stderr.strip() == "error: params.yaml: cnn.epochs must be a positive integer, got 'ten'"
+    assert result.stderr.strip() == "error: params.yaml: cnn.epochs must be an integer from 1 to 10000, got 'ten'"
     assert "Traceback" not in result.stderr
     assert not (project / "models").exists() and not (project / "plots").exists()
 
@@ -137,7 +140,7 @@ def test_bad_value_from_dvc_exp_run_is_one_line(project) -> None:
     result = run(project, "dvc", "exp", "run", "-S", "mlp.epochs=ten", check=False)
     assert result.returncode != 0
     output = result.stdout + result.stderr
-    assert "error: params.yaml: mlp.epochs must be a positive integer, got 'ten'" in output
+    assert "error: params.yaml: mlp.epochs must be an integer from 1 to 10000, got 'ten'" in output
     assert "Traceback" not in output
     assert not (project / "models" / "mlp.pt").exists()
 
@@ -148,3 +151,175 @@ def test_set_dotted_sets_nested_keys_like_exp_run_s() -> None:
     set_dotted(raw, "mlp.epochs", 3)
     assert raw["cnn"]["augment"]["erase"] == 0.25 and raw["mlp"]["epochs"] == 3
     assert raw["cnn"]["augment"]["hflip"] == DEFAULTS["cnn"]["augment"]["hflip"]
+
+
+# --- bounds: the last allowed value passes and the first beyond it fails, on each side ---
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "good", "bad"),
+    [
+        ("data", "val_size", 10, 9),
+        ("data", "val_size", 59990, 59991),
+        ("data", "train_limit", 10, 9),
+        ("data", "train_limit", 55000, 55001),  # 60000 minus the default val_size 5000
+        ("data", "seed", 0, -1),
+        ("data", "seed", 2**32 - 1, 2**32),
+        ("mlp", "seed", 2**32 - 1, 2**32),
+        ("mlp", "epochs", 1, 0),
+        ("mlp", "epochs", 10_000, 10_001),
+        ("cnn", "batch_size", 1, 0),
+        ("cnn", "batch_size", 60_000, 60_001),
+        ("cnn", "augment.shift", 0, -1),
+        ("cnn", "augment.shift", 4, 5),
+        ("cnn", "augment.erase", 0.0, -0.01),
+        ("cnn", "augment.erase", 0.99, 1.0),
+        ("cnn", "dropout", 0.0, -0.01),
+        ("cnn", "momentum", 0.99, 1.0),
+        ("cnn", "warmup", 0.01, 0.0),
+        ("cnn", "warmup", 0.99, 1.0),
+        ("cnn", "label_smoothing", 0.0, -0.01),
+        ("cnn", "weight_decay", 0.0, -1e-9),
+        ("cnn", "lr", 1e-12, 0.0),
+        ("cnn", "normalize.std", 1e-9, 0.0),
+        ("cnn", "kernel_size", 1, -1),
+        ("cnn", "kernel_size", 27, 29),
+        ("cnn", "fc", 0, -1),
+        ("cnn", "fc", 16_384, 16_385),
+        ("cnn", "channels", [4096], [4097]),
+        ("cnn", "channels", [1], [0]),
+        ("mlp", "hidden", [16_384], [16_385]),
+        ("mlp", "hidden", [8] * 16, [8] * 17),
+    ],
+)
+def test_bounds_are_exact(section: str, key: str, good: object, bad: object) -> None:
+    parse_section(section, with_change(section, key, good))
+    with pytest.raises(ParamsError, match=f"{section}.{key} must be"):
+        parse_section(section, with_change(section, key, bad))
+
+
+def test_huge_numbers_are_refused_with_a_short_message() -> None:
+    for key in ("lr", "weight_decay", "normalize.mean"):
+        with pytest.raises(ParamsError) as err:
+            parse_section("mlp", with_change("mlp", key, 10**400))  # no float can hold it
+        assert f"mlp.{key} must be" in str(err.value) and len(str(err.value)) < 200
+
+
+# --- params.yaml as DVC reads it ---
+
+
+def dvc_reads(text: str) -> dict:
+    from dvc.utils.serialize import parse_yaml
+
+    return parse_yaml(text, "params.yaml")
+
+
+@pytest.mark.parametrize("value", ["010", "0x10", "0o10", "1_000", "012345", "08", "1e3", "+7"])
+def test_integer_forms_read_as_dvc_reads_them(tmp_path, value) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text(f"data:\n  seed: {value}\n")
+    assert read_yaml(path)["data"]["seed"] == dvc_reads(path.read_text())["data"]["seed"]
+
+
+@pytest.mark.parametrize("value", ["yes", "no", "on", "off"])
+def test_yaml_1_1_booleans_are_strings_as_in_dvc_and_refused(tmp_path, value) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text((ROOT / "params.yaml").read_text().replace("tta: true", f"tta: {value}"))
+    assert dvc_reads(path.read_text())["cnn"]["tta"] == value
+    with pytest.raises(ParamsError, match=f"cnn.tta must be true or false, got '{value}'"):
+        load_params("cnn", path)
+
+
+def test_a_duplicate_key_is_refused_as_dvc_refuses_it(tmp_path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text((ROOT / "params.yaml").read_text().replace("  epochs: 20\n", "  epochs: 20\n  epochs: 3\n"))
+    with pytest.raises(ParamsError, match=r'is not valid YAML at line \d+: found duplicate key "epochs"'):
+        load_params("cnn", path)
+    with pytest.raises(Exception, match="corrupted"):
+        dvc_reads(path.read_text())
+
+
+def test_nested_aliases_are_refused_before_they_are_expanded(tmp_path) -> None:
+    lines = ["a0: &a0 [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 12)]  # 10**12 values
+    path = tmp_path / "params.yaml"
+    path.write_text("\n".join(lines) + "\nmlp:\n  hidden: *a11\n")
+    assert path.stat().st_size < 2000
+    started = time.perf_counter()
+    with pytest.raises(ParamsError, match="expands to more than 10,000 values") as err:
+        load_params("mlp", path)
+    assert time.perf_counter() - started < 5 and len(str(err.value)) < 300
+    path.write_text("mlp: &m\n  hidden: [*m]\n")  # a structure that holds itself
+    with pytest.raises(ParamsError, match="expands to more than"):
+        load_params("mlp", path)
+
+
+def test_a_bad_value_deep_inside_is_shown_short() -> None:
+    nested = [[[[list(range(1000))]]]]
+    with pytest.raises(ParamsError) as err:
+        parse_section("mlp", with_change("mlp", "hidden", nested))
+    assert len(str(err.value)) < 200
+
+
+def test_params_that_are_not_utf8_or_too_large(tmp_path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_bytes(b"data:\n  seed: 0  # caf\xe9\n")
+    with pytest.raises(ParamsError, match=r"is not UTF-8 text \(byte 0xe9 on line 2\); save it as UTF-8"):
+        load_params("data", path)
+    path.write_bytes(b"# " + b"x" * 1_000_000 + b"\n")
+    with pytest.raises(ParamsError, match="is larger than 1,000,000 bytes"):
+        load_params("data", path)
+
+
+# --- cross-field checks that need the number of training images, run before training ---
+
+
+def test_onecycle_needs_two_warm_up_steps() -> None:
+    from stages.engine import _optimizer, _scheduler
+    from stages.models import build_model
+
+    cfg = dataclasses.replace(parse_section("mlp", DEFAULTS["mlp"]), epochs=1, batch_size=333, warmup=0.25)
+    # 1000 images in batches of 333 are 4 steps, a quarter of them 1: PyTorch would divide by zero.
+    with pytest.raises(ZeroDivisionError):
+        _scheduler(_optimizer(build_model(cfg), cfg), cfg, steps=4)
+    with pytest.raises(ParamsError, match=r"mlp\.warmup 0\.25 of 4 steps .* is 1 warm-up steps, .* at least 2"):
+        check_batches(cfg, 1000)
+    with pytest.raises(ParamsError):
+        check_batches(dataclasses.replace(cfg, batch_size=250), 1000)  # 4 steps again
+    check_batches(dataclasses.replace(cfg, batch_size=125), 1000)  # 8 steps, 2 of warm-up
+    check_batches(dataclasses.replace(cfg, schedule="cosine"), 1000)
+
+
+def test_batch_norm_refuses_a_last_batch_of_one_image() -> None:
+    mlp = dataclasses.replace(parse_section("mlp", DEFAULTS["mlp"]), batch_norm=True, batch_size=64, schedule="none")
+    with pytest.raises(ParamsError, match=r"mlp\.batch_size 64 leaves a last batch of one image \(of 129"):
+        check_batches(mlp, 129)
+    check_batches(mlp, 130)
+    check_batches(dataclasses.replace(mlp, batch_norm=False), 129)
+    cnn = dataclasses.replace(parse_section("cnn", DEFAULTS["cnn"]), batch_size=64, schedule="none")
+    check_batches(cnn, 129)  # its last batch norm sees 3x3 maps: 9 values per channel even for one image
+    one_pixel = dataclasses.replace(cnn, channels=[8, 8, 8, 8])  # 28 -> 14 -> 7 -> 3 -> 1
+    with pytest.raises(ParamsError, match=r"cnn\.batch_size 64 leaves a last batch of one image"):
+        check_batches(one_pixel, 129)
+
+
+def test_batch_norm_really_fails_on_one_value_per_channel() -> None:
+    import torch
+
+    from stages.models import build_model
+
+    mlp = dataclasses.replace(parse_section("mlp", DEFAULTS["mlp"]), batch_norm=True)
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+        build_model(mlp).train()(torch.zeros(1, 1, 28, 28))
+
+
+def test_models_too_large_to_train_are_refused_with_the_keys() -> None:
+    from stages.models import check_size
+
+    mlp = parse_section("mlp", DEFAULTS["mlp"])
+    check_size(mlp)
+    with pytest.raises(ParamsError, match=r"mlp would have 549,928,970 parameters, .* make mlp\.hidden smaller"):
+        check_size(dataclasses.replace(mlp, hidden=[16384, 16384, 16384]))
+    cnn = parse_section("cnn", DEFAULTS["cnn"])
+    with pytest.raises(ParamsError, match=r"cnn would keep [\d,]+ values per batch of 60000 .* lower cnn\.batch_size"):
+        check_size(dataclasses.replace(cnn, batch_size=60000))
