@@ -95,10 +95,10 @@ def test_a_folder_in_the_way_of_a_file_fails_before_any_rename(tmp_path) -> None
     first, second = tmp_path / "first.txt", tmp_path / "second.png"
     write(first, "old")
     (second / "inside").mkdir(parents=True)
-    with pytest.raises(UserError, match=r"second\.png is a directory, where this stage writes a file: move it"):
-        with all_or_nothing() as outputs:
-            outputs.write_text(first, "new")
-            outputs.write_text(second, "new")
+    in_the_way = r"second\.png is a directory, where this stage writes a file: move it"
+    with pytest.raises(UserError, match=in_the_way), all_or_nothing() as outputs:
+        outputs.write_text(first, "new")
+        outputs.write_text(second, "new")
     assert first.read_text() == "old" and errors.WRITTEN == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["first.txt", "second.png"]
 
