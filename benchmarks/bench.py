@@ -116,6 +116,15 @@ def matmul_gflops(dtype: torch.dtype, size: int = 2048, repeats: int = 10) -> fl
     return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
 
 
+def round_ratios(runs: dict[str, list[float]]) -> dict[str, list[float]]:
+    """Each loop's images/s over the notebook-style loop's of the same model, round by round: a round's loops
+    run back to back, so its ratio cancels most of the machine's drift."""
+    return {
+        key: [v / b for v, b in zip(values, runs[f"{key.split()[0]} notebook"], strict=True)]
+        for key, values in runs.items()
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, default=600, help="training batches of 64 per measurement")
@@ -144,11 +153,7 @@ def main() -> None:
                         runs.setdefault(f"{name} {loop}", []).append(value)
 
     median = {key: statistics.median(values) for key, values in runs.items()}
-    # Each round's loops run back to back, so a round's ratio cancels most of the machine's drift.
-    ratios = {
-        key: [v / b for v, b in zip(values, runs[f"{key.split()[0]} notebook"], strict=True)]
-        for key, values in runs.items()
-    }
+    ratios = round_ratios(runs)
     speedup = {key: statistics.median(values) for key, values in ratios.items()}
     rows = [
         [name.upper(), loop, min(runs[key]), median[key], min(ratios[key]), speedup[key]]

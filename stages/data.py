@@ -118,7 +118,7 @@ def parse_idx(raw: bytes, path: Path, magic: int, dims: tuple[int, ...]) -> np.n
         )
     expected = idx_length(dims)
     if len(raw) != expected:
-        found = "more than that" if len(raw) > expected else f"{len(raw):,}"
+        found = f"more than {expected:,}" if len(raw) > expected else f"{len(raw):,}"
         raise DataError(
             f"{path} has the right header but {found} bytes (decompressed) where the official file has "
             f"{expected:,}; it is {'truncated' if len(raw) < expected else 'not the official file'}: replace it"

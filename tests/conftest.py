@@ -41,22 +41,24 @@ def set_params(project: Path, changes: dict[str, object]) -> None:
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def run(project: Path, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+def run(
+    project: Path, *args: str, check: bool = True, env: dict | None = None, timeout: float | None = None
+) -> subprocess.CompletedProcess:
     """Run a command in the project with the venv first on PATH, as `make` does."""
     full_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     full_env.update(PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", **(env or {}))
     # Tiny runs in parallel processes (DVC's queue) oversubscribe 2 cores badly with torch's default threads.
     full_env.setdefault("OMP_NUM_THREADS", "1")
-    result = subprocess.run(args, cwd=project, env=full_env, capture_output=True, text=True)
+    result = subprocess.run(args, cwd=project, env=full_env, capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
 
 
 def stage(
-    project: Path, name: str, *args: str, check: bool = True, env: dict | None = None
+    project: Path, name: str, *args: str, check: bool = True, env: dict | None = None, timeout: float | None = None
 ) -> subprocess.CompletedProcess:
-    return run(project, sys.executable, "-m", f"stages.{name}", *args, check=check, env=env)
+    return run(project, sys.executable, "-m", f"stages.{name}", *args, check=check, env=env, timeout=timeout)
 
 
 def make_project(dest: Path) -> Path:

@@ -203,3 +203,82 @@ def test_saved_splits_load_back_identical_also_memory_mapped(tmp_path) -> None:
     assert isinstance(load_split("train", tmp_path, mmap=True).images, np.memmap)
     with pytest.raises(DataError, match=r"cannot read the prepared val split .* run `dvc repro prepare`"):
         load_split("val", tmp_path)
+
+
+def test_stratified_sample_follows_the_largest_remainder_rule() -> None:
+    # 10 classes of 7, 7, 7, 7, 7, 7, 5, 5, 4, 4 images (60); 13 of them: exact shares 1.517 (x6), 1.083 (x2),
+    # 0.867 (x2). Floors give 8 (1 x6, 1 x2, 0 x2); the 5 left go to the largest remainders: 0.867, 0.867 (the
+    # 4-image classes) and 0.517 for the first three 7-image classes (ties broken by class order).
+    counts = [7, 7, 7, 7, 7, 7, 5, 5, 4, 4]
+    labels = np.repeat(np.arange(10), counts)
+    picked = stratified_sample(labels, 13, np.random.default_rng(0))
+    assert np.bincount(labels[picked], minlength=10).tolist() == [2, 2, 2, 1, 1, 1, 1, 1, 1, 1]
+    assert np.all(np.diff(picked) > 0)  # sorted, no repeats
+
+
+def test_a_gzip_bomb_is_read_only_as_far_as_the_official_size(tmp_path) -> None:
+    import tracemalloc
+
+    path = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    header = np.array([2049, 10000], dtype=">u4").tobytes()
+    with gzip.open(path, "wb", compresslevel=1) as f:
+        f.write(header)
+        for _ in range(50):
+            f.write(bytes(1_000_000))  # 50 MB of zeros in about 50 KB
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match=r"has the right header but more than 10,008 bytes \(decompressed\)"):
+            read_idx(path, "t10k-labels-idx1-ubyte")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 5_000_000
+
+
+def test_a_truncated_plain_file_says_how_long_it_is(tmp_path) -> None:
+    path = tmp_path / "t10k-labels-idx1-ubyte"
+    path.write_bytes(np.array([2049, 10000], dtype=">u4").tobytes() + bytes(5000))
+    with pytest.raises(DataError) as err:
+        read_idx(path, "t10k-labels-idx1-ubyte")
+    assert "has the right header but 5,008 bytes (decompressed) where the official file has 10,008" in str(err.value)
+    assert "truncated" in str(err.value)
+
+
+def test_an_unreadable_dataset_file_is_one_line(tmp_path, monkeypatch) -> None:
+    import builtins
+
+    path = tmp_path / "t10k-labels-idx1-ubyte"
+    path.write_bytes(b"x")
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(builtins, "open", denied)  # root reads any file, so a chmod cannot show this
+    with pytest.raises(DataError, match=f"cannot read {path}: Permission denied; check its permissions"):
+        read_idx(path, "t10k-labels-idx1-ubyte")
+
+
+@pytest.mark.slow
+def test_prepare_failing_between_its_writes_leaves_every_output_as_it_was(project, monkeypatch) -> None:
+    from stages import errors, prepare
+
+    monkeypatch.setattr(errors, "PLANNED", [])
+    monkeypatch.setattr(errors, "WRITTEN", [])
+    monkeypatch.chdir(project)
+    old_split = project / "data" / "prepared" / "train_labels.npy"
+    old_split.parent.mkdir(parents=True)
+    old_split.write_bytes(b"old")
+    (project / "plots").mkdir()
+    (project / "plots" / "samples.png").write_bytes(b"old")
+
+    def full_disk(split, path) -> None:
+        assert len(list(path.parent.parent.glob("data/.prepared.*.tmp/*.npy"))) == 6  # the splits are written
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(prepare, "plot_samples", full_disk)
+    with pytest.raises(OSError):
+        prepare.main.__wrapped__()
+    assert old_split.read_bytes() == b"old" and (project / "plots" / "samples.png").read_bytes() == b"old"
+    assert [p.name for p in (project / "data").iterdir()] == ["prepared"]
+    assert [p.name for p in (project / "plots").iterdir()] == ["samples.png"]
+    assert errors.outputs_note() == "nothing was written (data/prepared and plots/samples.png are as before)"

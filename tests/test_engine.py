@@ -21,7 +21,8 @@ CPU = torch.device("cpu")
 
 def tiny_cfg(name: str, **changes):
     cfg = parse_section(name, DEFAULTS[name])
-    return dataclasses.replace(cfg, **{"device": "cpu", "epochs": 1, "batch_size": 64, **changes})
+    # float32, as the oracles these tests compare with: `auto` would train in bfloat16 on AMX machines.
+    return dataclasses.replace(cfg, **{"device": "cpu", "epochs": 1, "batch_size": 64, "precision": "fp32", **changes})
 
 
 @pytest.fixture(scope="module")
@@ -91,11 +92,19 @@ def test_divergence_stops_with_a_clear_message(tiny_data) -> None:
         fit(cfg, train, val, CPU)
 
 
-def test_notebook_configs_train(tiny_data) -> None:
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_notebook_configs_learn_with_plain_sgd(name, tiny_data) -> None:
+    """The notebook's SGD at a constant lr: the validation loss falls every epoch, from the untrained model's."""
+    from stages.engine import score, seed_everything, to_inputs
+
     train, val = tiny_data
-    for name in ("mlp", "cnn"):
-        cfg = dataclasses.replace(notebook(name), epochs=1, device="cpu")
-        assert len(fit(cfg, train, val, CPU).history) == 1
+    cfg = dataclasses.replace(notebook(name), epochs=3, device="cpu")
+    seed_everything(cfg.seed, CPU)
+    untrained = score(build_model(cfg), to_inputs(val.images, cfg, CPU), torch.from_numpy(val.labels), cfg).loss
+    history = fit(cfg, train, val, CPU).history
+    losses = [untrained] + [row["val_loss"] for row in history]
+    assert all(later < earlier for earlier, later in zip(losses, losses[1:], strict=False)), losses
+    assert [row["lr"] for row in history] == [cfg.lr] * 3 and [row["epoch"] for row in history] == [1, 2, 3]
 
 
 def test_checkpoint_round_trip(tmp_path, tiny_data) -> None:
@@ -185,3 +194,56 @@ def test_train_accuracy_counts_every_image_of_the_epoch(tiny_data) -> None:
     expected = score(initial, to_inputs(train.images, cfg, CPU), torch.from_numpy(train.labels), cfg).accuracy
     assert 0.0 < expected < 1.0
     assert result.history[0]["train_accuracy"] == expected
+
+
+def test_the_best_epochs_weights_are_kept_not_the_last(tiny_data, monkeypatch) -> None:
+    """Validation accuracies 0.5, 0.9, 0.9, 0.7: epoch 2 is kept (a tie later does not replace it)."""
+    from stages import engine
+
+    accuracies = iter([0.5, 0.9, 0.9, 0.7])
+    snapshots = []
+    real_score = engine.score
+
+    def scripted_score(model, x, y, cfg):
+        snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
+        return dataclasses.replace(real_score(model, x, y, cfg), accuracy=next(accuracies))
+
+    monkeypatch.setattr(engine, "score", scripted_score)
+    result = fit(tiny_cfg("mlp", epochs=4, schedule="none"), *tiny_data, CPU)
+    assert result.best_epoch == 2
+    kept = result.model.state_dict()
+    assert all(torch.equal(kept[k], snapshots[1][k]) for k in kept)
+    assert not all(torch.equal(kept[k], snapshots[3][k]) for k in kept)
+
+
+def test_tta_averages_the_probabilities_of_the_image_and_its_mirror() -> None:
+    from stages.engine import EVAL_BATCH, predict_logits
+
+    cfg = tiny_cfg("mlp", tta=True)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    x = torch.randn(EVAL_BATCH + 3, 1, 28, 28)  # more than one evaluation batch
+    with torch.no_grad():
+        plain, mirrored = model(x).softmax(1), model(x.flip(3)).softmax(1)
+    averaged = predict_logits(model, x, cfg).exp()
+    assert torch.allclose(averaged, (plain + mirrored) / 2, atol=1e-6)
+    assert not torch.allclose(averaged, plain, atol=1e-4)
+    assert torch.allclose(predict_logits(model, x, dataclasses.replace(cfg, tta=False)).exp(), plain, atol=1e-6)
+
+
+def test_a_checkpoint_of_the_other_model_is_refused(tmp_path, tiny_data) -> None:
+    cfg = tiny_cfg("mlp")
+    save_checkpoint(tmp_path / "mlp.pt", fit(cfg, *tiny_data, CPU), cfg)
+    load_checkpoint(tmp_path / "mlp.pt", "mlp")
+    with pytest.raises(UserError, match=r"mlp\.pt is not a cnn checkpoint of this project; retrain with `dvc repro"):
+        load_checkpoint(tmp_path / "mlp.pt", "cnn")
+
+
+def test_nan_weights_are_refused_when_loading(tmp_path, tiny_data) -> None:
+    cfg = tiny_cfg("mlp")
+    result = fit(cfg, *tiny_data, CPU)
+    with torch.no_grad():
+        result.model[1].weight[0, 0] = float("nan")
+    save_checkpoint(tmp_path / "mlp.pt", result, cfg)
+    with pytest.raises(UserError, match=r"holds NaN or infinite weights \(1\.weight\); retrain"):
+        load_checkpoint(tmp_path / "mlp.pt", "mlp")

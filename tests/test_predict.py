@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import signal
 import struct
+import subprocess
+import sys
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +24,7 @@ from stages.engine import fit, save_checkpoint
 from stages.errors import UserError
 from stages.params import load_params
 from stages.predict import UnreadableImage, parse_args, read_image, to_fashion_mnist
-from tests.conftest import make_project, stage
+from tests.conftest import BIN, make_project, stage
 
 SAMPLE = 600  # test images per check: enough to see a 3-point accuracy gap, small enough for seconds
 
@@ -148,6 +152,43 @@ def test_item_is_trimmed_fitted_and_centred() -> None:
     expected = np.zeros((28, 28), dtype=np.uint8)
     expected[7:21] = 255  # 200 px wide -> 28; 100 px high -> 14, the odd pixel of margin above as in Fashion-MNIST
     assert np.array_equal(to_fashion_mnist(picture), expected)
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+def test_the_odd_pixel_of_margin_goes_above_and_left(transpose) -> None:
+    # A 100x60 dark item on off-white: 28 px high, 17 px wide (60 * 0.28 = 16.8), so 11 px of margin across:
+    # 6 left and 5 right, as Fashion-MNIST centres. Transposed: 6 above and 5 below.
+    picture = np.full((200, 300), 240, dtype=np.uint8)
+    picture[50:150, 100:160] = 0
+    expected = np.zeros((28, 28), dtype=np.uint8)
+    expected[:, 6:23] = 255
+    if transpose:
+        picture, expected = picture.T.copy(), expected.T
+    assert np.array_equal(to_fashion_mnist(picture), expected)
+
+
+@pytest.mark.parametrize(("fmt", "ext"), [("GIF", "gif"), ("BMP", "bmp"), ("TIFF", "tif"), ("WEBP", "webp")])
+def test_only_png_and_jpeg_are_read(official, tmp_path, fmt, ext) -> None:
+    image = Image.fromarray(official[1].images[0])
+    with pytest.raises(UnreadableImage, match=r"^not a PNG or JPEG image$"):
+        read_image(save(tmp_path / f"image.{ext}", image, format=fmt))
+    # What counts is the content, not the name: a PNG called .jpg is read.
+    assert np.array_equal(read_image(save(tmp_path / "named.jpg", image, format="PNG")), official[1].images[0])
+
+
+def test_special_files_are_refused_without_opening_them(tmp_path) -> None:
+    os.mkfifo(tmp_path / "fifo.png")
+    signal.signal(signal.SIGALRM, lambda *_: pytest.fail("opened the FIFO, which blocks"))
+    signal.alarm(10)
+    try:
+        with pytest.raises(UnreadableImage, match=r"^is a special file \(a FIFO, socket or device\), not an image$"):
+            read_image(tmp_path / "fifo.png")
+    finally:
+        signal.alarm(0)
+    with pytest.raises(UnreadableImage, match="special file"):
+        read_image(Path("/dev/zero"))
+    with pytest.raises(UnreadableImage, match=r"^is a directory, not an image$"):
+        read_image(tmp_path)
 
 
 def test_grain_and_jpeg_noise_do_not_stretch_the_box(tmp_path) -> None:
@@ -303,3 +344,72 @@ def test_a_missing_model_says_to_run_dvc_repro(project) -> None:
     result = stage(project, "predict", "anything.png", check=False)
     assert result.returncode == 1
     assert result.stderr == "error: models/cnn.pt does not exist: run `dvc repro` to create it\n"
+
+
+# --- the command against a failing environment: a quickly trained MLP is enough ---
+
+
+@pytest.fixture(scope="module")
+def quick(official, tmp_path_factory) -> Path:
+    project = make_project(tmp_path_factory.mktemp("quick") / "project")
+    train, _ = official
+    cfg = dataclasses.replace(load_params("mlp", project / "params.yaml"), epochs=1, device="cpu", precision="fp32")
+    fit_on = Split(train.images[:600], train.labels[:600])
+    val = Split(train.images[600:700], train.labels[600:700])
+    save_checkpoint(project / "models" / "mlp.pt", fit(cfg, fit_on, val, torch.device("cpu")), cfg)
+    return project
+
+
+def predict_process(project: Path, *args: str, **popen) -> subprocess.Popen:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "stages.predict", "--model", "mlp", *args]
+    return subprocess.Popen(command, cwd=project, env=env, stderr=subprocess.PIPE, text=True, **popen)
+
+
+@pytest.mark.slow
+def test_a_fifo_among_the_images_does_not_hang_the_others(official, quick, tmp_path) -> None:
+    os.mkfifo(tmp_path / "fifo.png")
+    good = save(tmp_path / "good.png", official[1].images[0])
+    paths = (str(tmp_path / "fifo.png"), str(good))
+    result = stage(quick, "predict", "--model", "mlp", "--json", *paths, check=False, timeout=120)
+    assert result.returncode == 1
+    assert [json.loads(line)["image"] for line in result.stdout.splitlines()] == [str(good)]
+    assert result.stderr.splitlines() == [
+        f"error: {tmp_path / 'fifo.png'}: is a special file (a FIFO, socket or device), not an image",
+        "error: 1 of 2 images could not be classified",
+    ]
+
+
+@pytest.mark.slow
+def test_a_full_stdout_is_one_line(official, quick, tmp_path) -> None:
+    good = save(tmp_path / "good.png", official[1].images[0])
+    with open("/dev/full", "w") as full:
+        proc = predict_process(quick, str(good), stdout=full)
+        stderr = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 1
+    assert stderr == "error: cannot write the results to standard output: No space left on device\n"
+
+
+@pytest.mark.slow
+def test_a_reader_that_stops_early_ends_predict_quietly(official, quick, tmp_path) -> None:
+    good = save(tmp_path / "good.png", official[1].images[0])
+    proc = predict_process(quick, str(good), stdout=subprocess.PIPE)
+    proc.stdout.close()  # as `| head -0` would
+    stderr = proc.communicate(timeout=120)[1]
+    assert (proc.returncode, stderr) == (141, "")
+
+
+@pytest.mark.slow
+def test_a_model_whose_outputs_overflow_says_so(official, quick, tmp_path) -> None:
+    checkpoint = torch.load(quick / "models" / "mlp.pt", weights_only=True)
+    checkpoint["state_dict"] = {k: torch.full_like(v, 1e30) for k, v in checkpoint["state_dict"].items()}
+    overflow = make_project(tmp_path / "overflow")
+    (overflow / "models").mkdir()
+    torch.save(checkpoint, overflow / "models" / "mlp.pt")
+    good = save(tmp_path / "good.png", official[1].images[0])
+    result = stage(overflow, "predict", "--model", "mlp", str(good), check=False)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr == (
+        "error: models/mlp.pt gives NaN or infinite probabilities (its weights overflow); "
+        "retrain with `dvc repro train_mlp`\n"
+    )
