@@ -66,3 +66,25 @@ def test_changing_one_model_touches_only_its_stages(reproduced, tmp_path) -> Non
     assert "train_mlp" in changed() and not changed() & {"prepare", "train_cnn"}
     set_params(copy, {"mlp.lr": 0.002, "data.seed": 1})
     assert {"prepare"} <= changed()
+
+
+def test_report_failing_between_its_figures_leaves_every_output_as_it_was(reproduced, tmp_path, monkeypatch) -> None:
+    from stages import errors, report
+
+    copy = tmp_path / "copy"
+    shutil.copytree(reproduced, copy, ignore=shutil.ignore_patterns("cache"))
+    monkeypatch.chdir(copy)
+    monkeypatch.setattr(errors, "PLANNED", [])
+    monkeypatch.setattr(errors, "WRITTEN", [])
+    outputs = ["metrics/report.md", "plots/loss.png", "plots/accuracy.png", "plots/mistakes_cnn.png"]
+    before = {name: (copy / name).read_bytes() for name in outputs}
+
+    def interrupted(*args) -> None:
+        raise errors.Interrupted(15)  # SIGTERM after the curves and confusion matrices were drawn
+
+    monkeypatch.setattr(report, "plot_mistakes", interrupted)
+    with pytest.raises(errors.Interrupted):
+        report.main.__wrapped__()
+    assert {name: (copy / name).read_bytes() for name in outputs} == before
+    assert not list(copy.rglob("*.tmp"))
+    assert errors.outputs_note().startswith("nothing was written (plots/loss.png, plots/accuracy.png, ")

@@ -17,6 +17,7 @@ pytestmark = pytest.mark.slow
 
 TEMPLATE = Path(".dvc/plots/offline.html")
 VENDOR = ROOT / "vendor" / "vega"
+CANARY = "offline-plots test: console captured"
 SCRIPTS = ["vega.min.js", "vega-lite.min.js", "vega-embed.min.js"]
 # Debian and GitHub's Ubuntu runners call it chromium; Ubuntu's deb and Google's build use the other names.
 BROWSERS = ["chromium", "chromium-browser", "google-chrome", "google-chrome-stable"]
@@ -98,6 +99,9 @@ def test_plots_draw_offline(reproduced: Path, tmp_path: Path) -> None:
     loss = [plot_id for plot_id in ids if plot_id.startswith("Loss")]
     assert loss, f"no loss plot among the Vega plots {sorted(ids)}"
 
+    # A console line we know is there: if Chromium's log format changed, the error check below would find nothing
+    # and pass; this line then goes missing instead.
+    page.write_text(html.replace("<head>", f"<head><script>console.log({CANARY!r})</script>", 1))
     command = [browser, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", page.as_uri()]
     result = subprocess.run(command, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, f"{browser} failed ({result.returncode}):\n{result.stderr[-3000:]}"
@@ -105,6 +109,7 @@ def test_plots_draw_offline(reproduced: Path, tmp_path: Path) -> None:
     # Chromium logs a file page's console at one level, so errors are told by their text: uncaught exceptions
     # (vegaEmbed undefined, a rejected embed) and vega's own logger, which prefixes ERROR.
     console = re.findall(r":CONSOLE[^\]]*\] \"(.*?)\", source: ", result.stderr, flags=re.DOTALL)
+    assert CANARY in console, f"the console is not where the test reads it:\n{result.stderr[-3000:]}"
     errors = [line for line in console if line.startswith(("Uncaught", "ERROR"))]
     assert not errors, "console errors:\n" + "\n".join(errors)
 
