@@ -14,7 +14,7 @@ import torch
 from stages.data import CLASS_NAMES, load_split
 from stages.engine import load_checkpoint, score, seed_everything, to_inputs
 from stages.errors import entry_point
-from stages.files import write_json, write_with
+from stages.files import all_or_nothing
 from stages.models import build_model, count_parameters
 from stages.params import MODELS, NUM_CLASSES
 
@@ -77,15 +77,18 @@ def evaluate_model(name: str) -> Evaluation:
 
 @entry_point
 def main() -> None:
-    # Both models first, then the files: a broken model file leaves no mix of new and stale outputs.
+    # Both models first, then the files, which appear together or not at all.
     results = {name: evaluate_model(name) for name in MODELS}
-    for name, result in results.items():
-        write_with(
-            f"plots/{name}/per_class.csv",
-            lambda tmp, r=result: r.per_class.to_csv(tmp, index=False, float_format="%.4f"),
-        )
-        write_with(f"plots/{name}/predictions.csv", lambda tmp, r=result: r.predictions.to_csv(tmp, index=False))
-        write_json(f"metrics/{name}.json", result.metrics)
+    with all_or_nothing() as outputs:
+        for name, result in results.items():
+            outputs.write_with(
+                f"plots/{name}/per_class.csv",
+                lambda tmp, r=result: r.per_class.to_csv(tmp, index=False, float_format="%.4f"),
+            )
+            outputs.write_with(
+                f"plots/{name}/predictions.csv", lambda tmp, r=result: r.predictions.to_csv(tmp, index=False)
+            )
+            outputs.write_json(f"metrics/{name}.json", result.metrics)
 
 
 if __name__ == "__main__":

@@ -94,12 +94,12 @@ class Outputs:
         return self._add(Path(final), folder=True)
 
     def _add(self, final: Path, folder: bool) -> Path:
-        if final in self.pending:
-            raise ValueError(f"{final} is already an output of this stage")
-        self.pending[final] = _new_temp(final, folder)
-        # Planned again (a second write of the same output) means pending again.
-        errors.WRITTEN[:] = [p for p in errors.WRITTEN if p != str(final)]
-        errors.PLANNED[:] = [p for p in errors.PLANNED if p != str(final)] + [str(final)]
+        """The temporary for `final`, made on first asking: plan an output early, write it later."""
+        if final not in self.pending:
+            self.pending[final] = _new_temp(final, folder)
+            # Planned again (a second write of the same output) means pending again.
+            errors.WRITTEN[:] = [p for p in errors.WRITTEN if p != str(final)]
+            errors.PLANNED[:] = [p for p in errors.PLANNED if p != str(final)] + [str(final)]
         return self.pending[final]
 
     def write_with(self, final: str | Path, writer: Callable[[Path], None]) -> None:

@@ -206,3 +206,14 @@ def test_a_folder_or_fifo_at_the_model_path_is_named_as_such(tmp_path) -> None:
     os.mkfifo(tmp_path / "fifo.pt")
     with pytest.raises(UserError, match=r"fifo\.pt is a special file \(a FIFO, socket or device\), not a model"):
         load_torch(tmp_path / "fifo.pt")  # returns at once: a FIFO is never opened
+
+
+def test_an_output_planned_early_is_written_later_in_its_place(tmp_path) -> None:
+    log, model = tmp_path / "live", tmp_path / "model.pt"
+    with all_or_nothing() as outputs:
+        live = outputs.folder(log)
+        planned = outputs.path(model)  # before the work, so that an error meanwhile names it; renamed last
+        (live / "metrics.json").write_text("{}")
+        outputs.save_torch(model, {"w": torch.zeros(1)})
+        assert outputs.path(model) == planned and planned.stat().st_size > 0
+    assert [str(log), str(model)] == errors.WRITTEN and (log / "metrics.json").is_file()

@@ -88,3 +88,30 @@ def test_report_failing_between_its_figures_leaves_every_output_as_it_was(reprod
     assert {name: (copy / name).read_bytes() for name in outputs} == before
     assert not list(copy.rglob("*.tmp"))
     assert errors.outputs_note().startswith("nothing was written (plots/loss.png, plots/accuracy.png, ")
+
+
+def test_evaluate_failing_between_its_writes_leaves_every_output_as_it_was(reproduced, tmp_path, monkeypatch) -> None:
+    from stages import errors, evaluate
+
+    copy = tmp_path / "copy"
+    shutil.copytree(reproduced, copy, ignore=shutil.ignore_patterns("cache"))
+    monkeypatch.chdir(copy)
+    monkeypatch.setattr(errors, "PLANNED", [])
+    monkeypatch.setattr(errors, "WRITTEN", [])
+    outputs = [f"metrics/{m}.json" for m in ("mlp", "cnn")]
+    outputs += [f"plots/{m}/{f}.csv" for m in ("mlp", "cnn") for f in ("per_class", "predictions")]
+    before = {name: (copy / name).read_bytes() for name in outputs}
+    real = evaluate.evaluate_model
+
+    def nan_for_the_cnn(name: str):
+        result = real(name)
+        if name == "cnn":  # the MLP's three files are written by then
+            result.metrics["broken"] = float("nan")
+        return result
+
+    monkeypatch.setattr(evaluate, "evaluate_model", nan_for_the_cnn)
+    with pytest.raises(errors.UserError, match=r"metrics/cnn\.json would hold NaN .*: broken is nan"):
+        evaluate.main.__wrapped__()
+    assert {name: (copy / name).read_bytes() for name in outputs} == before
+    assert not list(copy.rglob("*.tmp"))
+    assert errors.WRITTEN == [] and len(errors.PLANNED) == 5  # the cnn's metrics failed before being planned

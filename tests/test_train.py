@@ -64,3 +64,13 @@ def test_divergence_exits_with_one_line_and_no_model(prepared) -> None:
     assert result.stderr.strip().startswith("error: mlp diverged in epoch 1: the training loss became")
     assert "lower mlp.lr" in result.stderr and "Traceback" not in result.stderr
     assert not (prepared / "models" / "mlp.pt").exists()
+
+
+def test_a_schedule_that_would_crash_is_refused_before_training(prepared) -> None:
+    # 1000 training images in batches of 333: 4 steps, one of them warm-up, where OneCycleLR divides by zero.
+    set_params(prepared, {"mlp.batch_size": 333})
+    result = stage(prepared, "train", "mlp", check=False)
+    assert result.returncode == 1 and "epoch" not in result.stdout
+    assert result.stderr.startswith("error: params.yaml: mlp.warmup 0.25 of 4 steps (1 epochs of 4 batches) is 1 ")
+    assert len(result.stderr.splitlines()) == 1
+    assert not (prepared / "models").exists()
