@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -68,14 +69,22 @@ def test_changing_one_model_touches_only_its_stages(reproduced, tmp_path) -> Non
     assert {"prepare"} <= changed()
 
 
-def test_report_failing_between_its_figures_leaves_every_output_as_it_was(reproduced, tmp_path, monkeypatch) -> None:
-    from stages import errors, report
+def stage_in_process(reproduced: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of the reproduced project to run a stage's main() in, with a fresh journal of its outputs."""
+    from stages import errors
 
     copy = tmp_path / "copy"
     shutil.copytree(reproduced, copy, ignore=shutil.ignore_patterns("cache"))
     monkeypatch.chdir(copy)
     monkeypatch.setattr(errors, "PLANNED", [])
     monkeypatch.setattr(errors, "WRITTEN", [])
+    return copy
+
+
+def test_report_failing_between_its_figures_leaves_every_output_as_it_was(reproduced, tmp_path, monkeypatch) -> None:
+    from stages import errors, report
+
+    copy = stage_in_process(reproduced, tmp_path, monkeypatch)
     outputs = ["metrics/report.md", "plots/loss.png", "plots/accuracy.png", "plots/mistakes_cnn.png"]
     before = {name: (copy / name).read_bytes() for name in outputs}
 
@@ -93,11 +102,7 @@ def test_report_failing_between_its_figures_leaves_every_output_as_it_was(reprod
 def test_evaluate_failing_between_its_writes_leaves_every_output_as_it_was(reproduced, tmp_path, monkeypatch) -> None:
     from stages import errors, evaluate
 
-    copy = tmp_path / "copy"
-    shutil.copytree(reproduced, copy, ignore=shutil.ignore_patterns("cache"))
-    monkeypatch.chdir(copy)
-    monkeypatch.setattr(errors, "PLANNED", [])
-    monkeypatch.setattr(errors, "WRITTEN", [])
+    copy = stage_in_process(reproduced, tmp_path, monkeypatch)
     outputs = [f"metrics/{m}.json" for m in ("mlp", "cnn")]
     outputs += [f"plots/{m}/{f}.csv" for m in ("mlp", "cnn") for f in ("per_class", "predictions")]
     before = {name: (copy / name).read_bytes() for name in outputs}
