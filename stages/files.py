@@ -84,6 +84,7 @@ class Outputs:
 
     def __init__(self) -> None:
         self.pending: dict[Path, Path] = {}  # final path -> temporary, in the order they are renamed
+        self.kept_aside: dict[Path, Path] = {}  # live folder -> the temporary holding its previous content
 
     def path(self, final: str | Path) -> Path:
         """A temporary file for `final`. Outputs are renamed in the order asked for: ask for the model last."""
@@ -92,6 +93,18 @@ class Outputs:
     def folder(self, final: str | Path) -> Path:
         """A temporary folder for `final`, which replaces the whole folder."""
         return self._add(Path(final), folder=True)
+
+    def live_folder(self, final: str | Path) -> Path:
+        """`final` itself, for a log that tools follow while the stage runs (DVCLive). Its previous content is
+        kept aside and put back if the stage fails; it is dropped when the stage succeeds."""
+        final = Path(final)
+        if final not in self.kept_aside:
+            aside = _new_temp(final, folder=True)
+            errors.PLANNED[:] = [p for p in errors.PLANNED if p != str(final)] + [str(final)]
+            if final.exists() or final.is_symlink():
+                os.replace(final, aside / final.name)
+            self.kept_aside[final] = aside
+        return final
 
     def _add(self, final: Path, folder: bool) -> Path:
         """The temporary for `final`, made on first asking: plan an output early, write it later."""
@@ -127,18 +140,29 @@ class Outputs:
             _check_replaceable(tmp, final)
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, set(errors.EXIT_CODES))
         try:
+            errors.WRITTEN.extend(str(final) for final in self.kept_aside)
             for final, tmp in self.pending.items():
                 _replace(tmp, final)
                 errors.WRITTEN.append(str(final))
             self.pending.clear()
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        for aside in self.kept_aside.values():
+            shutil.rmtree(aside, ignore_errors=True)
+        self.kept_aside.clear()
 
     def _discard(self) -> None:
         for tmp in self.pending.values():
             with contextlib.suppress(OSError):
                 _remove(tmp)
         self.pending.clear()
+        for final, aside in self.kept_aside.items():  # the unfinished live log goes, the previous one returns
+            with contextlib.suppress(OSError):
+                _remove(final)
+                if (aside / final.name).exists() or (aside / final.name).is_symlink():
+                    os.replace(aside / final.name, final)
+                _remove(aside)
+        self.kept_aside.clear()
 
 
 def _check_replaceable(tmp: Path, final: Path) -> None:
@@ -220,6 +244,11 @@ def _non_finite(obj: Any, where: str = "") -> str:
 
 
 def _save_torch_to(path: Path, obj: Any) -> None:
+    """torch.save, byte for byte the same for the same tensors.
+
+    Saved to a path, torch names the zip's records after the file, here a random temporary name; saved to a
+    buffer they are always named `archive/`, so identical weights give identical files and DVC hashes.
+    """
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     path.write_bytes(buffer.getvalue())

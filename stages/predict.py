@@ -179,7 +179,7 @@ def _drop_stdout() -> None:
 @entry_point
 def main() -> None:
     args = parse_args(sys.argv[1:])
-    model, cfg = load_checkpoint(f"models/{args.model}.pt", args.model)
+    model, cfg, _ = load_checkpoint(f"models/{args.model}.pt", args.model)
     paths, images = [], []
     for path in args.images:
         try:

@@ -22,12 +22,13 @@ from stages.files import all_or_nothing
 from stages.params import MODELS, read_yaml
 
 LABELS = {"mlp": "MLP", "cnn": "CNN"}
+WORDS = {"loss": "loss", "acc": "accuracy"}
 GALLERY = 16
 
 
-def _read_csv(path: str) -> pd.DataFrame:
+def _read_csv(path: str, sep: str = ",") -> pd.DataFrame:
     try:
-        return pd.read_csv(path)
+        return pd.read_csv(path, sep=sep)
     except (OSError, pd.errors.ParserError) as exc:
         raise UserError(f"cannot read {path} ({exc}); run `dvc repro` to regenerate it") from None
 
@@ -49,24 +50,33 @@ def _save(fig: plt.Figure, path: Path) -> None:
         plt.close(fig)
 
 
-def comparison(metrics: dict[str, dict]) -> pd.DataFrame:
+def comparison(metrics: dict[str, dict], histories: dict[str, pd.DataFrame]) -> pd.DataFrame:
     rows = {
         LABELS[name]: {
-            "parameters": m["parameters"],
-            "epochs": m["train"]["epochs"],
-            "train s": m["train"]["seconds"],
-            "images/s": m["train"]["images_per_second"],
-            "val accuracy": m["val"]["accuracy"],
-            "test accuracy": m["test"]["accuracy"],
-            "test loss": m["test"]["loss"],
-            "macro-F1": m["test"]["macro_f1"],
-            "untrained accuracy": m["untrained"]["accuracy"],
+            "parameters": m[name]["params"],
+            "epochs": m[name]["epochs"],
+            "kept epoch": m[name]["best_epoch"],
+            "precision": m[name]["precision"],
+            "val accuracy": histories[name].loc[m[name]["best_epoch"] - 1, "val_acc"],
+            "test accuracy": m[name]["test_acc"],
+            "test loss": m[name]["test_loss"],
+            "macro-F1": m[name]["test_f1"],
+            "untrained accuracy": m[name]["untrained_acc"],
         }
         for name, m in metrics.items()
     }
     table = pd.DataFrame(rows).T.rename_axis("model")
-    table.loc["CNN − MLP"] = table.loc["CNN"] - table.loc["MLP"]
     return table
+
+
+def read_history(name: str) -> pd.DataFrame:
+    """The per-epoch curves train logged with DVCLive, one TSV per metric, as one table by epoch."""
+    columns = {}
+    for split in ("train", "val"):
+        for metric in ("loss", "acc"):
+            tsv = _read_csv(f"dvclive/{name}/plots/metrics/{name}/{split}/{metric}.tsv", sep="\t")
+            columns[f"{split}_{metric}"] = tsv.set_index("step")[metric]
+    return pd.DataFrame(columns).rename_axis("epoch").reset_index()
 
 
 def plot_curves(histories: dict[str, pd.DataFrame], metric: str, path: Path) -> None:
@@ -75,8 +85,8 @@ def plot_curves(histories: dict[str, pd.DataFrame], metric: str, path: Path) -> 
         for split, style in (("train", "--"), ("val", "-")):
             ax.plot(history["epoch"], history[f"{split}_{metric}"], style, marker=".", label=f"{LABELS[name]} {split}")
     ax.set_xlabel("epoch")
-    ax.set_ylabel(metric)
-    ax.set_title(f"{metric.capitalize()} per epoch (train: augmented batches, label-smoothed loss)")
+    ax.set_ylabel(WORDS[metric])
+    ax.set_title(f"{WORDS[metric].capitalize()} per epoch (train: augmented batches, label-smoothed loss)")
     ax.grid(alpha=0.3)
     ax.legend()
     _save(fig, path)
@@ -125,11 +135,10 @@ def plot_mistakes(predictions: pd.DataFrame, images: np.ndarray, name: str, path
 
 def markdown(table: pd.DataFrame, classes: pd.DataFrame, params: dict) -> str:
     fmt = table.copy().astype(object)
-    for col in ("parameters", "epochs", "images/s"):
-        fmt[col] = [f"{v:+,.0f}" if label == "CNN − MLP" else f"{v:,.0f}" for label, v in table[col].items()]
-    fmt["train s"] = [f"{v:+.0f}" if label == "CNN − MLP" else f"{v:.0f}" for label, v in table["train s"].items()]
+    for col in ("parameters", "epochs", "kept epoch"):
+        fmt[col] = [f"{v:,.0f}" for v in table[col]]
     for col in ("val accuracy", "test accuracy", "test loss", "macro-F1", "untrained accuracy"):
-        fmt[col] = [f"{v:+.4f}" if label == "CNN − MLP" else f"{v:.4f}" for label, v in table[col].items()]
+        fmt[col] = [f"{v:.4f}" for v in table[col]]
     figures = "\n\n".join(
         f"![{alt}](../plots/{png})"
         for alt, png in (
@@ -171,7 +180,7 @@ def main() -> None:
     raw = read_yaml()
     params = {section: raw.get(section) for section in ("data", *MODELS)}
     metrics = {name: _read_metrics(name) for name in MODELS}
-    histories = {name: _read_csv(f"plots/{name}/history.csv") for name in MODELS}
+    histories = {name: read_history(name) for name in MODELS}
     predictions = {name: _read_csv(f"plots/{name}/predictions.csv") for name in MODELS}
     per_class = {name: _read_csv(f"plots/{name}/per_class.csv").set_index("class")["accuracy"] for name in MODELS}
     classes = pd.DataFrame({f"{LABELS[n]} accuracy": per_class[n] for n in MODELS}).reset_index()
@@ -181,11 +190,11 @@ def main() -> None:
     # The report and its figures appear together or not at all.
     with all_or_nothing() as outputs:
         plot_curves(histories, "loss", outputs.path("plots/loss.png"))
-        plot_curves(histories, "accuracy", outputs.path("plots/accuracy.png"))
+        plot_curves(histories, "acc", outputs.path("plots/accuracy.png"))
         for name in MODELS:
             plot_confusion(predictions[name], name, outputs.path(f"plots/confusion_{name}.png"))
         plot_mistakes(predictions["cnn"], test_images, "cnn", outputs.path("plots/mistakes_cnn.png"))
-        outputs.write_text("metrics/report.md", markdown(comparison(metrics), classes, params))
+        outputs.write_text("metrics/report.md", markdown(comparison(metrics, histories), classes, params))
     print("report: metrics/report.md and plots/*.png written")
 
 

@@ -6,15 +6,41 @@ if not __package__:  # started as a file path, where `import stages` would end i
     raise SystemExit("error: run the stages from the repository root as `python -m stages.train mlp`")
 
 import sys
-
-import pandas as pd
+from pathlib import Path
 
 from stages.data import load_split
-from stages.engine import HISTORY_COLUMNS, fit, resolve_device, save_checkpoint
+from stages.engine import checkpoint, fit, resolve_device
 from stages.errors import UserError, entry_point
-from stages.files import write_with
+from stages.files import all_or_nothing
 from stages.models import check_size
 from stages.params import MODELS, check_batches, load_params
+
+LIVE_DIR = "dvclive/{name}"
+
+
+def live_logger(name: str, folder: Path):
+    """A DVCLive logger for one model: per-epoch TSVs and a summary, written into `folder` as each epoch ends.
+
+    It never writes dvc.yaml (ours declares its files) and never saves experiments of its own (`dvc exp run`
+    does). Metric names start with the model, so `dvc exp show` columns are unambiguous: `cnn.val.acc`.
+    """
+    from dvclive import Live  # imports DVC: only the train stage pays for it
+    from scmrepo.exceptions import SCMError
+
+    try:
+        live = Live(str(folder), save_dvc_exp=False, dvcyaml=None)
+    except SCMError as exc:  # DVCLive 3.49 cannot start in a git repository without commits
+        raise UserError(f"DVCLive cannot log here ({exc}); commit first: git add -A && git commit") from None
+
+    def log(row: dict) -> None:
+        live.step = row["epoch"]
+        for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
+            split, metric = key.split("_")
+            live.log_metric(f"{name}/{split}/{metric}", row[key])
+        live.log_metric(f"{name}/lr", row["lr"])
+        live.make_summary()
+
+    return log
 
 
 @entry_point
@@ -27,12 +53,20 @@ def main() -> None:
     device = resolve_device(cfg)
     # Before the images are loaded: the labels file alone says how many there are.
     check_batches(cfg, len(load_split("train", mmap=True).labels))
-    result = fit(cfg, load_split("train"), load_split("val"), device)
-    history = pd.DataFrame(result.history, columns=HISTORY_COLUMNS)
-    write_with(f"plots/{name}/history.csv", lambda tmp: history.to_csv(tmp, index=False, float_format="%.6g"))
-    save_checkpoint(f"models/{name}.pt", result, cfg)
+    train, val = load_split("train"), load_split("val")
+    # The live log is written in place, so that tools follow the run; the model is renamed into place at the
+    # end. An interrupted or failed run puts the previous live log back and leaves the model as it was.
+    with all_or_nothing() as outputs:
+        live_dir = outputs.live_folder(LIVE_DIR.format(name=name))
+        model_path = f"models/{name}.pt"
+        outputs.path(model_path)  # planned now, so that an error during training names it too
+        result = fit(cfg, train, val, device, on_epoch=live_logger(name, live_dir))
+        outputs.save_torch(model_path, checkpoint(result, cfg))
     best = result.history[result.best_epoch - 1]
-    print(f"train_{name}: kept epoch {result.best_epoch} (val accuracy {best['val_accuracy']:.4f}) in models/{name}.pt")
+    print(
+        f"train_{name}: kept epoch {result.best_epoch} of {cfg.epochs} (val acc {best['val_acc']:.4f}) in "
+        f"models/{name}.pt; trained in {result.seconds:.0f} s ({result.precision} on {result.device})"
+    )
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -217,3 +218,30 @@ def test_an_output_planned_early_is_written_later_in_its_place(tmp_path) -> None
         outputs.save_torch(model, {"w": torch.zeros(1)})
         assert outputs.path(model) == planned and planned.stat().st_size > 0
     assert [str(log), str(model)] == errors.WRITTEN and (log / "metrics.json").is_file()
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_live_folder_is_written_in_place_and_put_back_on_failure(tmp_path, fails) -> None:
+    live, model = tmp_path / "dvclive" / "cnn", tmp_path / "models" / "cnn.pt"
+    (live / "plots").mkdir(parents=True)
+    (live / "metrics.json").write_text("old")
+    write(model, "old model")
+    errors.PLANNED.clear()
+    errors.WRITTEN.clear()
+    with contextlib.suppress(OSError), all_or_nothing() as outputs:
+        assert outputs.live_folder(live) == live and not live.exists()  # the previous log is set aside
+        outputs.path(model)
+        live.mkdir()
+        (live / "metrics.json").write_text("epoch 1")  # followed by tools while the stage runs
+        if fails:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        outputs.write_text(model, "new model")
+    if fails:
+        assert (live / "metrics.json").read_text() == "old" and (live / "plots").is_dir()
+        assert model.read_text() == "old model"
+        assert errors.outputs_note() == f"nothing was written ({live} and {model} are as before)"
+    else:
+        assert sorted(p.name for p in live.iterdir()) == ["metrics.json"]
+        assert (live / "metrics.json").read_text() == "epoch 1" and model.read_text() == "new model"
+        assert [str(live), str(model)] == errors.WRITTEN
+    assert not list(tmp_path.rglob("*.tmp"))
