@@ -135,8 +135,10 @@ def test_wrong_magic_or_shape(tmp_path, header, found) -> None:
 
 def test_truncated_idx_after_a_good_header(tmp_path) -> None:
     raw = np.array([2049, 10000], dtype=">u4").tobytes() + bytes(5000)
-    with pytest.raises(DataError, match="is not an IDX file"):
+    with pytest.raises(DataError, match=r"short has the right header but 5,008 bytes .* has 10,008; it is truncated"):
         parse_idx(raw, tmp_path / "short", 2049, (10000,))
+    with pytest.raises(DataError, match=r"but more than 10,008 bytes .*; it is not the official file"):
+        parse_idx(raw + bytes(5001), tmp_path / "long", 2049, (10000,))
 
 
 def test_incomplete_data_raw_is_named_not_overwritten(no_defaults, monkeypatch, tmp_path) -> None:

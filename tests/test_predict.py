@@ -189,6 +189,9 @@ def test_special_files_are_refused_without_opening_them(tmp_path) -> None:
         read_image(Path("/dev/zero"))
     with pytest.raises(UnreadableImage, match=r"^is a directory, not an image$"):
         read_image(tmp_path)
+    (tmp_path / "empty.png").touch()
+    with pytest.raises(UnreadableImage, match=r"^the file is empty$"):
+        read_image(tmp_path / "empty.png")
 
 
 def test_grain_and_jpeg_noise_do_not_stretch_the_box(tmp_path) -> None:
