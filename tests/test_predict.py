@@ -405,7 +405,8 @@ def test_a_reader_that_stops_early_ends_predict_quietly(official, quick, tmp_pat
 @pytest.mark.slow
 def test_a_model_whose_outputs_overflow_says_so(official, quick, tmp_path) -> None:
     checkpoint = torch.load(quick / "models" / "mlp.pt", weights_only=True)
-    checkpoint["state_dict"] = {k: torch.full_like(v, 1e30) for k, v in checkpoint["state_dict"].items()}
+    last_weight = list(checkpoint["state_dict"])[-2]  # the output layer: finite weights, infinite logits
+    checkpoint["state_dict"][last_weight] = torch.full_like(checkpoint["state_dict"][last_weight], 3e38)
     overflow = make_project(tmp_path / "overflow")
     (overflow / "models").mkdir()
     torch.save(checkpoint, overflow / "models" / "mlp.pt")

@@ -86,8 +86,8 @@ def test_divergence_exits_with_one_line_and_no_model(prepared) -> None:
 
 
 def test_a_schedule_that_would_crash_is_refused_before_training(prepared) -> None:
-    # 1000 training images in batches of 333: 4 steps, one of them warm-up, where OneCycleLR divides by zero.
-    set_params(prepared, {"mlp.batch_size": 333})
+    # 1000 training images in batches of 250: 4 steps, one of them warm-up, where OneCycleLR divides by zero.
+    set_params(prepared, {"mlp.batch_size": 250})
     result = stage(prepared, "train", "mlp", check=False)
     assert result.returncode == 1 and "epoch" not in result.stdout
     assert result.stderr.startswith("error: params.yaml: mlp.warmup 0.25 of 4 steps (1 epochs of 4 batches) is 1 ")
