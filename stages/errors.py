@@ -13,7 +13,7 @@ import functools
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -70,11 +70,35 @@ def describe_os_error(exc: OSError) -> str:
     return f"{where}{reason}; {ADVICE.get(exc.errno, 'check the path and rerun')}"
 
 
+class _Held:
+    """While a stage renames its outputs into place, a signal waits until they all are (see signals_held)."""
+
+    active = False
+    pending: int | None = None
+
+
 def _raise_interrupted(signum: int, _frame: object) -> None:
+    if _Held.active:
+        _Held.pending = _Held.pending or signum
+        return
     # A second signal while the first one unwinds (removing temporaries, printing) must not interrupt that.
     for sig in EXIT_CODES:
         signal.signal(sig, signal.SIG_IGN)
     raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Ctrl-C or SIGTERM during the block takes effect when it ends. Python runs signal handlers in the main
+    thread only, so this holds even where torch's threads would receive a signal that a mask blocks here."""
+    _Held.active = True
+    try:
+        yield
+    finally:
+        _Held.active = False
+        signum, _Held.pending = _Held.pending, None
+    if signum is not None:
+        _raise_interrupted(signum, None)
 
 
 def startup_handler(signum: int, _frame: object) -> None:

@@ -16,7 +16,6 @@ import os
 import pickle
 import re
 import shutil
-import signal
 import stat
 import tempfile
 import zipfile
@@ -135,18 +134,15 @@ class Outputs:
 
     def _commit(self) -> None:
         # No signal between two renames: a stage's outputs change together. A signal that arrives meanwhile
-        # is delivered when they are all in place (and the message then says they were written).
+        # takes effect when they are all in place (and the message then says they were written).
         for final, tmp in self.pending.items():
             _check_replaceable(tmp, final)
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, set(errors.EXIT_CODES))
-        try:
+        with errors.signals_held():
             errors.WRITTEN.extend(str(final) for final in self.kept_aside)
             for final, tmp in self.pending.items():
                 _replace(tmp, final)
                 errors.WRITTEN.append(str(final))
             self.pending.clear()
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         for aside in self.kept_aside.values():
             shutil.rmtree(aside, ignore_errors=True)
         self.kept_aside.clear()

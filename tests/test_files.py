@@ -7,6 +7,7 @@ import errno
 import os
 import signal
 import subprocess
+import threading
 import zipfile
 
 import pytest
@@ -116,11 +117,16 @@ def test_a_signal_during_the_renames_waits_until_all_are_done(tmp_path, monkeypa
 
     monkeypatch.setattr(files, "_replace", replace_then_signal)
     a, b = tmp_path / "a", tmp_path / "b"
+    # Another thread, as torch's are in a stage: the kernel may hand it a process's signal, which a signal
+    # mask on the main thread alone would not hold back.
+    done = threading.Event()
+    threading.Thread(target=done.wait, daemon=True).start()
     try:
         with pytest.raises(Interrupted), all_or_nothing() as outputs:
             outputs.write_text(a, "a")
             outputs.write_text(b, "b")
     finally:
+        done.set()
         signal.signal(signal.SIGTERM, previous)
         signal.signal(signal.SIGINT, signal.default_int_handler)
     assert renamed == [a, b] and a.read_text() == "a" and b.read_text() == "b"

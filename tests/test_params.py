@@ -230,7 +230,7 @@ def test_yaml_1_1_booleans_are_strings_as_in_dvc_and_refused(tmp_path, value) ->
 
 def test_a_duplicate_key_is_refused_as_dvc_refuses_it(tmp_path) -> None:
     path = tmp_path / "params.yaml"
-    path.write_text((ROOT / "params.yaml").read_text().replace("  epochs: 20\n", "  epochs: 20\n  epochs: 3\n"))
+    path.write_text((ROOT / "params.yaml").read_text().replace("\ncnn:\n", "\ncnn:\n  epochs: 3\n"))
     with pytest.raises(ParamsError, match=r'is not valid YAML at line \d+: found duplicate key "epochs"'):
         load_params("cnn", path)
     with pytest.raises(Exception, match="corrupted"):
