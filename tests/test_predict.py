@@ -19,8 +19,9 @@ from stages.data import CLASS_NAMES, Split, find_source, load_raw, stratified_sa
 from stages.engine import fit, save_checkpoint
 from stages.errors import UserError
 from stages.params import load_params
-from stages.predict import UnreadableImage, parse_args, read_image, to_fashion_mnist
-from tests.conftest import make_project, stage
+from stages.predict import UnreadableImage, clean_mask, parse_args, read_image, show_names, to_fashion_mnist
+from tests.conftest import ROOT, make_project, run, stage
+from tests.photos import KINDS, RED, graded, shadowed
 
 SAMPLE = 600  # test images per check: enough to see a 3-point accuracy gap, small enough for seconds
 
@@ -138,7 +139,7 @@ def test_exif_rotation_is_applied(tmp_path) -> None:
     exif = Image.Exif()
     exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
     path = save(tmp_path / "phone.jpg", img, exif=exif)
-    assert read_image(path).shape == (40, 20)
+    assert read_image(path).shape == (40, 20, 3)
 
 
 def test_item_is_trimmed_fitted_and_centred() -> None:
@@ -164,6 +165,66 @@ def test_a_blank_picture_is_refused() -> None:
         to_fashion_mnist(np.full((50, 60), 250, dtype=np.uint8))
 
 
+def test_specks_go_and_holes_are_filled() -> None:
+    found = np.zeros((60, 60), dtype=bool)
+    found[10:50, 10:50] = True
+    found[20:30, 20:30] = False  # a hole: a bag's handle, a pale print
+    found[55, 55] = True  # a speck of grain
+    mask = clean_mask(found)
+    assert mask[10:50, 10:50].all() and mask.sum() == 40 * 40
+
+
+def correlation(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(a.ravel().astype(float), b.ravel().astype(float))[0, 1])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_photos_give_back_the_test_image(official, tmp_path, kind) -> None:
+    """Separated from its backdrop and fitted to the frame, a photographed garment is its test image again; a
+    backdrop kept as part of the item would shrink and shift it and break the match."""
+    _, test = official
+    rng = np.random.default_rng(4)
+    scores = []
+    for i in rng.choice(len(test.labels), 20, replace=False):
+        path = save(tmp_path / f"{i}.jpg", KINDS[kind](test.images[i], rng), quality=85)
+        scores.append(correlation(to_fashion_mnist(read_image(path)), test.images[i]))
+    assert np.median(scores) > 0.85 and min(scores) > 0.4, np.round(scores, 3)
+
+
+def test_the_issues_red_t_shirt_fills_the_frame(official, tmp_path) -> None:
+    # The picture that came out as `Bag 58 %`: a red T-shirt on a light, grainy, graded backdrop.
+    _, test = official
+    shirt = test.images[np.flatnonzero(test.labels == 0)[0]]
+    path = save(tmp_path / "red-t-shirt.jpg", graded(shirt, np.random.default_rng(7), RED), quality=85)
+    seen = to_fashion_mnist(read_image(path))
+    rows, cols = np.flatnonzero(seen.max(1) > 30), np.flatnonzero(seen.max(0) > 30)
+    assert max(rows[-1] - rows[0], cols[-1] - cols[0]) >= 26  # the garment, not the backdrop, spans the frame
+    assert correlation(seen, shirt) > 0.9
+
+
+def test_a_shadow_is_not_part_of_the_item(official, tmp_path) -> None:
+    _, test = official
+    boot = test.images[np.flatnonzero(test.labels == 9)[0]]
+    path = save(tmp_path / "shadow.jpg", shadowed(boot, np.random.default_rng(1)), quality=85)
+    assert correlation(to_fashion_mnist(read_image(path)), boot) > 0.9
+
+
+def test_show_names_are_unique_and_safe() -> None:
+    assert show_names(["a/shirt.jpg", "b/shirt.png", "shirt.jpg", "my photo!.png"]) == [
+        "shirt", "shirt-2", "shirt-3", "my_photo_",
+    ]  # fmt: skip
+
+
+def test_make_predict_without_images_says_how_to_pass_them() -> None:
+    result = run(ROOT, "make", "--no-print-directory", "predict", "IMAGES=", check=False)
+    assert result.returncode != 0
+    assert result.stderr.splitlines()[0] == (
+        'error: no pictures given: make predict IMAGES="shoe.jpg shirt.png" '
+        "(PNG or JPEG; MODEL=mlp for the MLP, SHOW=folder to see what the model saw)"
+    )
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
 @pytest.mark.parametrize("side", [10_000, 20_000])  # Pillow warns above 89 megapixels and refuses above 179
 def test_decompression_bombs_are_refused_from_the_header(tmp_path, side) -> None:
     with pytest.raises(UnreadableImage, match="decompression bomb"):
@@ -176,7 +237,7 @@ def test_decompression_bombs_are_refused_from_the_header(tmp_path, side) -> None
         (["a.png", "--top", "0"], "argument --top: must be a whole number from 1 to 10, not '0'"),
         (["a.png", "--top", "11"], "argument --top: must be a whole number from 1 to 10, not '11'"),
         (["a.png", "--model", "vit"], "argument --model: invalid choice: 'vit'"),
-        ([], "the following arguments are required: IMAGE"),
+        ([], "no pictures given: python -m stages.predict IMAGE"),
     ],
 )
 def test_bad_arguments_are_one_line(capsys, argv, message) -> None:
