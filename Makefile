@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | 
 DEBIAN_DATA := /usr/share/datasets/fashion-mnist
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup data browser repro test test-all lint bench plots notebook predict
+.PHONY: setup data browser repro test test-all lint bench plots notebook predict compare
 
 setup: $(STAMP) data
 
@@ -106,6 +106,12 @@ plots: setup $(VEGA_STAMP)
 # The original notebook as one experiment: every key of benchmarks/notebook.yaml as a -S option.
 notebook: setup
 	eval dvc exp run --temp -n notebook --force $$($(BIN)/python -m benchmarks.notebook)
+
+# The experiment table: one row per experiment, the params that differ, both models' test accuracy and loss.
+# ARGS go to `dvc exp show` (-A, -a, --rev REV, -n N); ARGS=--md prints Markdown for a pull request.
+ARGS ?=
+compare: setup
+	@$(BIN)/python -m stages.compare $(ARGS)
 
 # make predict IMAGES="shoe.jpg shirt.png" [MODEL=mlp] [SHOW=folder]; without IMAGES it says so before any setup.
 IMAGES ?=

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
@@ -50,7 +51,14 @@ def write_with(path: str | Path, writer: Callable[[Path], None]) -> None:
 
 
 def save_torch(path: str | Path, obj: Any) -> None:
-    write_with(path, lambda tmp: torch.save(obj, tmp))
+    """torch.save, byte for byte the same for the same tensors.
+
+    Saved to a path, torch names the zip's records after the file, here a random temporary name; saved to a
+    buffer they are always named `archive/`, so identical weights give identical files and DVC hashes.
+    """
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_with(path, lambda tmp: tmp.write_bytes(buffer.getvalue()))
 
 
 def load_torch(path: str | Path) -> Any:

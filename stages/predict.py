@@ -367,7 +367,7 @@ def classify(model: nn.Module, cfg: MLPParams | CNNParams, images: np.ndarray) -
 @entry_point
 def main() -> None:
     args = parse_args(sys.argv[1:])
-    model, cfg = load_checkpoint(f"models/{args.model}.pt", args.model)
+    model, cfg, _ = load_checkpoint(f"models/{args.model}.pt", args.model)
     paths, images, pictures = [], [], []
     for path in args.images:
         try:

@@ -31,7 +31,7 @@ PNG_METADATA = {"Software": None}
 
 
 def history_path(name: str, split: str, metric: str) -> Path:
-    return Path("dvclive") / name / "plots" / "metrics" / split / f"{metric}.tsv"
+    return Path("dvclive") / name / "plots" / "metrics" / name / split / f"{metric}.tsv"
 
 
 def _read_table(path: Path, sep: str = ",") -> pd.DataFrame:
@@ -54,7 +54,7 @@ def read_history(name: str) -> pd.DataFrame:
 
 
 def read_metrics(name: str) -> dict:
-    """metrics/<name>.json's flat keys (test_acc, val_acc, untrained_acc, best_epoch, ...)."""
+    """metrics/<name>.json's flat keys (test_acc, untrained_acc, best_epoch, ...)."""
     path = Path("metrics") / f"{name}.json"
     try:
         with open(path, encoding="utf-8") as f:
@@ -70,7 +70,7 @@ def _save(fig: Figure, path: str) -> None:
 # --- tables ---
 
 
-def comparison(metrics: dict[str, dict]) -> pd.DataFrame:
+def comparison(metrics: dict[str, dict], histories: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """One row per model and a CNN − MLP row only for the measures where a difference means something."""
     table = pd.DataFrame(
         {
@@ -78,8 +78,9 @@ def comparison(metrics: dict[str, dict]) -> pd.DataFrame:
                 "parameters": m["params"],
                 "epochs": m["epochs"],
                 "kept epoch": m["best_epoch"],
+                "precision": m["precision"],
                 "untrained accuracy": m["untrained_acc"],
-                "val accuracy": m["val_acc"],
+                "val accuracy": kept_val_acc(histories[name], m["best_epoch"]),
                 "test accuracy": m["test_acc"],
                 "test loss": m["test_loss"],
                 "test macro-F1": m["test_f1"],
@@ -93,6 +94,10 @@ def comparison(metrics: dict[str, dict]) -> pd.DataFrame:
     return table
 
 
+def kept_val_acc(history: pd.DataFrame, epoch: int) -> float:
+    return float(history.loc[history["epoch"] == epoch, "val_acc"].iloc[0])
+
+
 # Accuracy, loss and F1 on the same images compare the models; epochs, the kept epoch and the untrained accuracy
 # describe each run and subtract to nothing.
 DIFFERENCES = ("val accuracy", "test accuracy", "test loss", "test macro-F1")
@@ -104,7 +109,9 @@ def _format(table: pd.DataFrame) -> pd.DataFrame:
         whole = col in ("parameters", "epochs", "kept epoch")
         for label, v in table[col].items():
             diff = label == "CNN − MLP"
-            if pd.isna(v):
+            if isinstance(v, str):
+                out.loc[label, col] = v
+            elif pd.isna(v):
                 out.loc[label, col] = ""
             elif whole:
                 out.loc[label, col] = f"{v:,.0f}"
@@ -236,7 +243,8 @@ def markdown(
 ) -> str:
     fmt = _format(table)
     kept = "; ".join(
-        f"{LABELS[n]}: epoch {m['best_epoch']} of {m['epochs']} (validation accuracy {m['val_acc']:.4f})"
+        f"{LABELS[n]}: epoch {m['best_epoch']} of {m['epochs']} "
+        f"(validation accuracy {table.loc[LABELS[n], 'val accuracy']:.4f})"
         for n, m in metrics.items()
     )
     figures = "\n\n".join(
@@ -305,7 +313,7 @@ def main() -> None:
         plot_mistakes(predictions[name], test.images, name, f"plots/mistakes_{name}.png")
         counts = confusion_counts(predictions[name])
         write_with(f"plots/{name}/confusion.csv", lambda tmp, c=counts: c.to_csv(tmp, index=False))
-    write_text("metrics/report.md", markdown(comparison(metrics), classes, metrics, test.labels, params))
+    write_text("metrics/report.md", markdown(comparison(metrics, histories), classes, metrics, test.labels, params))
     print("report: metrics/report.md, plots/*.png and plots/*/confusion.csv written")
 
 

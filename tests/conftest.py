@@ -73,6 +73,8 @@ def make_project(dest: Path) -> Path:
     run(dest, "git", "init", "-q")
     run(dest, "git", "config", "user.email", "test@example.com")
     run(dest, "git", "config", "user.name", "test")
+    run(dest, "git", "add", "-A")
+    run(dest, "git", "commit", "-qm", "Tiny project")
     return dest
 
 

@@ -7,6 +7,7 @@ import statistics
 
 import pytest
 
+from benchmarks.bench import check_targets
 from benchmarks.notebook import notebook_params, overrides
 from tests.conftest import ROOT, run
 
@@ -30,6 +31,19 @@ def test_bench_smoke_run_writes_results(tmp_path) -> None:
     assert set(results["images_per_second"]) == {
         f"{m} {loop}" for m in ("mlp", "cnn") for loop in ("notebook", "ours fp32", "ours auto", "model only")
     }
+    assert "target: MLP loop >= 90 % of the model-only ceiling" in result.stdout
+    assert set(results["targets_met"]) == {"mlp_90_percent_of_ceiling", "mlp_10x", "cnn_3x"}
     speedups = results["speedup_per_round"]
     assert results["mlp_speedup"] == statistics.median(speedups["mlp ours fp32"])
     assert speedups["mlp notebook"] == [1.0] and len(speedups["cnn ours fp32"]) == 1
+
+
+def test_targets_judge_the_mlp_against_the_ceiling_of_the_same_run() -> None:
+    runs = {"mlp ours fp32": [90.0, 95.0, 80.0], "mlp model only": [100.0, 100.0, 100.0]}
+    speedup = {"mlp ours fp32": 9.0, "mlp model only": 10.0, "cnn ours fp32": 3.1}
+    targets = check_targets(runs, speedup)
+    assert targets["mlp_share_of_ceiling"] == 0.9  # the median of the rounds' shares, not of the speeds
+    assert targets["met"] == {"mlp_90_percent_of_ceiling": True, "mlp_10x": None, "cnn_3x": True}
+    slow = check_targets({**runs, "mlp ours fp32": [85.0, 89.0, 80.0]}, {**speedup, "mlp model only": 12.0})
+    assert slow["met"] == {"mlp_90_percent_of_ceiling": False, "mlp_10x": False, "cnn_3x": True}
+    assert check_targets(runs, {**speedup, "cnn ours fp32": 2.9})["met"]["cnn_3x"] is False

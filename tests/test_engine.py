@@ -8,8 +8,18 @@ import numpy as np
 import pytest
 import torch
 
+from stages import engine
 from stages.data import Split
-from stages.engine import Diverged, augment, fit, load_checkpoint, resolve_device, save_checkpoint
+from stages.engine import (
+    HISTORY_COLUMNS,
+    Diverged,
+    augment,
+    fit,
+    load_checkpoint,
+    resolve_device,
+    resolve_precision,
+    save_checkpoint,
+)
 from stages.errors import UserError
 from stages.models import build_model
 from stages.params import parse_section
@@ -76,12 +86,11 @@ def test_same_params_give_identical_weights_and_history(name, tiny_data) -> None
     train, val = tiny_data
     cfg = tiny_cfg(name, epochs=2)
     first, second = fit(cfg, train, val, CPU), fit(cfg, train, val, CPU)
-    drop_time = lambda rows: [{k: v for k, v in row.items() if k != "seconds"} for row in rows]  # noqa: E731
-    assert drop_time(first.history) == drop_time(second.history)
+    assert first.history == second.history
     for (key, a), b in zip(first.model.state_dict().items(), second.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), key
     other = fit(dataclasses.replace(cfg, seed=cfg.seed + 1), train, val, CPU)
-    assert drop_time(other.history) != drop_time(first.history)
+    assert other.history != first.history
 
 
 def test_divergence_stops_with_a_clear_message(tiny_data) -> None:
@@ -102,11 +111,53 @@ def test_checkpoint_round_trip(tmp_path, tiny_data) -> None:
     cfg = tiny_cfg("cnn")
     result = fit(cfg, *tiny_data, CPU)
     save_checkpoint(tmp_path / "cnn.pt", result, cfg)
-    model, loaded = load_checkpoint(tmp_path / "cnn.pt", "cnn")
+    model, loaded, record = load_checkpoint(tmp_path / "cnn.pt", "cnn")
     assert loaded == cfg
+    assert record == {"best_epoch": result.best_epoch, "precision": result.precision, "device": "cpu"}
     x = torch.randn(4, 1, 28, 28)
     assert torch.equal(model.eval()(x), result.model.eval()(x))
     assert list(tmp_path.iterdir()) == [tmp_path / "cnn.pt"]  # no temporary file left behind
+
+
+def test_the_same_weights_saved_twice_are_the_same_bytes(tmp_path, tiny_data) -> None:
+    cfg = tiny_cfg("mlp")
+    result = fit(cfg, *tiny_data, CPU)
+    save_checkpoint(tmp_path / "a.pt", result, cfg)
+    save_checkpoint(tmp_path / "b.pt", result, cfg)
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
+
+
+def test_each_epoch_is_reported_as_it_ends(tiny_data) -> None:
+    seen = []
+    result = fit(tiny_cfg("mlp", epochs=2), *tiny_data, CPU, on_epoch=seen.append)
+    assert seen == result.history and [row["epoch"] for row in seen] == [1, 2]
+    assert list(seen[0]) == list(HISTORY_COLUMNS)  # no wall-clock figure among what gets logged
+
+
+@pytest.mark.parametrize(
+    ("name", "device", "native", "expected"),
+    [
+        ("auto", "cpu", True, torch.bfloat16),
+        ("auto", "cpu", False, None),
+        ("fp32", "cpu", True, None),
+        ("bf16", "cpu", False, torch.bfloat16),
+        ("auto", "mps", True, None),
+    ],
+)
+def test_auto_precision_is_bf16_exactly_where_the_cpu_has_native_bf16(
+    monkeypatch, name, device, native, expected
+) -> None:
+    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: native)
+    assert resolve_precision(name, torch.device(device)) == expected
+
+
+@pytest.mark.parametrize(
+    ("amx", "avx512_bf16", "native"), [(True, False, True), (False, True, True), (False, False, False)]
+)
+def test_native_bf16_means_amx_or_avx512_bf16(monkeypatch, amx, avx512_bf16, native) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    assert engine.cpu_has_native_bf16() is native
 
 
 class Payload:
@@ -184,4 +235,4 @@ def test_train_accuracy_counts_every_image_of_the_epoch(tiny_data) -> None:
     initial = build_model(cfg)
     expected = score(initial, to_inputs(train.images, cfg, CPU), torch.from_numpy(train.labels), cfg).accuracy
     assert 0.0 < expected < 1.0
-    assert result.history[0]["train_accuracy"] == expected
+    assert result.history[0]["train_acc"] == expected

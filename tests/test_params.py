@@ -132,8 +132,6 @@ def test_stage_from_another_directory_says_where_to_run(project, tmp_path) -> No
 
 
 def test_bad_value_from_dvc_exp_run_is_one_line(project) -> None:
-    run(project, "git", "add", "-A")
-    run(project, "git", "commit", "-qm", "tiny project")
     result = run(project, "dvc", "exp", "run", "-S", "mlp.epochs=ten", check=False)
     assert result.returncode != 0
     output = result.stdout + result.stderr

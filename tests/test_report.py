@@ -15,36 +15,41 @@ from stages.data import CLASS_NAMES
 from stages.errors import UserError
 
 METRICS = {
-    "mlp": {"test_acc": 0.9018, "test_loss": 0.3473, "test_f1": 0.9014, "val_acc": 0.9168, "val_loss": 0.3,
-            "untrained_acc": 0.1018, "params": 535818, "epochs": 25, "best_epoch": 24},
-    "cnn": {"test_acc": 0.9394, "test_loss": 0.2540, "test_f1": 0.9393, "val_acc": 0.9446, "val_loss": 0.2,
-            "untrained_acc": 0.0125, "params": 241770, "epochs": 20, "best_epoch": 18},
+    "mlp": {"test_acc": 0.9018, "test_loss": 0.3473, "test_f1": 0.9014, "untrained_acc": 0.1018, "params": 535818,
+            "epochs": 25, "best_epoch": 24, "precision": "float32", "device": "cpu"},
+    "cnn": {"test_acc": 0.9394, "test_loss": 0.2540, "test_f1": 0.9393, "untrained_acc": 0.0125, "params": 241770,
+            "epochs": 20, "best_epoch": 18, "precision": "bfloat16", "device": "cpu"},
 }  # fmt: skip
 
 
 def history(epochs: int, best: int) -> pd.DataFrame:
     val_acc = np.linspace(0.8, 0.9, epochs)
-    val_acc[best - 1 :] = 0.9  # a tie after the best epoch: the first one is kept
+    val_acc[best - 1 :] = 0.9 + epochs / 1000  # a tie after the best epoch: the first one is kept
     return pd.DataFrame({
         "epoch": np.arange(1, epochs + 1), "train_loss": np.linspace(1, 0.3, epochs), "train_acc": val_acc - 0.02,
         "val_loss": np.linspace(0.8, 0.35, epochs), "val_acc": val_acc,
     })  # fmt: skip
 
 
+HISTORIES = {"mlp": history(25, 24), "cnn": history(20, 18)}
+
+
 def test_difference_row_only_where_a_difference_means_something() -> None:
-    table = report.comparison(METRICS)
+    table = report.comparison(METRICS, HISTORIES)
     diff = table.loc["CNN − MLP"]
     assert diff["test accuracy"] == pytest.approx(0.0376) and diff["test loss"] == pytest.approx(-0.0933)
-    for meaningless in ("epochs", "kept epoch", "untrained accuracy", "parameters"):
+    assert diff["val accuracy"] == pytest.approx(0.920 - 0.925)  # at each model's kept epoch
+    for meaningless in ("epochs", "kept epoch", "untrained accuracy", "parameters", "precision"):
         assert pd.isna(diff[meaningless]), meaningless
-    assert report._format(table).loc["CNN − MLP", "epochs"] == ""
+    formatted = report._format(table)
+    assert formatted.loc["CNN − MLP", "epochs"] == "" and formatted.loc["CNN", "precision"] == "bfloat16"
 
 
 def test_report_says_which_epoch_each_model_kept_and_what_untrained_means() -> None:
     classes = pd.DataFrame({"class": CLASS_NAMES, "MLP accuracy": 0.9, "CNN accuracy": 0.93, "CNN − MLP": 0.03})
     labels = np.repeat(np.arange(10), 1000)
-    text = report.markdown(report.comparison(METRICS), classes, METRICS, labels, {"data": {}})
-    assert "MLP: epoch 24 of 25" in text and "CNN: epoch 18 of 20" in text
+    text = report.markdown(report.comparison(METRICS, HISTORIES), classes, METRICS, labels, {"data": {}})
+    assert "MLP: epoch 24 of 25 (validation accuracy 0.9250)" in text and "CNN: epoch 18 of 20" in text
     assert "guessing, or always answering the commonest class, gets 0.1000" in text
     assert "the same network with the weights training started from (MLP 0.1018, CNN 0.0125)" in text
     assert "random guessing" not in text
@@ -54,7 +59,7 @@ def test_report_says_which_epoch_each_model_kept_and_what_untrained_means() -> N
 
 @pytest.mark.parametrize("metric", ["loss", "acc"])
 def test_curves_mark_the_kept_epoch_of_each_model(metric) -> None:
-    histories = {"mlp": history(25, 24), "cnn": history(20, 18)}
+    histories = HISTORIES
     fig = report.curves_figure(histories, {"mlp": 24, "cnn": 18}, metric)
     ax = fig.axes[0]
     diamonds = [line for line in ax.get_lines() if line.get_marker() == "D" and len(line.get_xdata())]
@@ -122,5 +127,5 @@ def test_history_comes_from_dvclive_files(tmp_path, monkeypatch) -> None:
     Path("metrics/cnn.json").write_text(json.dumps({"cnn": METRICS["cnn"]}))
     assert report.read_metrics("cnn")["best_epoch"] == 18
     report.history_path("mlp", "train", "loss").parent.mkdir(parents=True)
-    with pytest.raises(UserError, match=r"^cannot read dvclive/mlp/plots/metrics/train/loss.tsv .*run `dvc repro`"):
+    with pytest.raises(UserError, match=r"^cannot read dvclive/mlp/plots/metrics/mlp/train/loss.tsv .*`dvc repro`"):
         report.read_history("mlp")

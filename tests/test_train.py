@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -21,15 +24,22 @@ def prepared(project):
     return project
 
 
-def test_train_writes_model_and_history(prepared) -> None:
+def test_train_writes_model_and_live_log(prepared) -> None:
+    set_params(prepared, {"mlp.epochs": 2})
     result = stage(prepared, "train", "mlp")
-    assert "mlp epoch 1/1: train loss" in result.stdout
+    assert "mlp epoch 1/2: train loss" in result.stdout
+    # The last line says what was kept, how long it took and in which precision
+    assert re.fullmatch(
+        r"train_mlp: kept epoch [12] of 2 \(val acc 0\.\d{4}\) in models/mlp\.pt; "
+        r"trained in \d+ s \((bf16|fp32) on cpu\)",
+        result.stdout.strip().splitlines()[-1],
+    )
     checkpoint = torch.load(prepared / "models" / "mlp.pt", weights_only=True)
-    assert checkpoint["model"] == "mlp" and checkpoint["params"]["epochs"] == 1 and len(checkpoint["class_names"]) == 10
+    assert checkpoint["model"] == "mlp" and checkpoint["params"]["epochs"] == 2 and len(checkpoint["class_names"]) == 10
     assert (
-        (prepared / "plots" / "mlp" / "history.csv")
+        (prepared / "dvclive" / "mlp" / "plots" / "metrics" / "mlp" / "val" / "acc.tsv")
         .read_text()
-        .startswith("epoch,train_loss,train_accuracy,val_loss,val_accuracy,lr,seconds\n")
+        .startswith("step\tacc\n1\t")
     )
 
 
@@ -46,12 +56,17 @@ def test_interrupt_mid_training_leaves_nothing_and_repro_recovers(prepared, sig,
         text=True,
     )
     assert proc.stdout.readline().startswith("cnn epoch 1/200")  # training is under way
+    live = prepared / "dvclive" / "cnn" / "metrics.json"
+    deadline = time.monotonic() + 60
+    while not live.exists() and time.monotonic() < deadline:  # DVCLive writes the epoch just after the line
+        time.sleep(0.1)
+    assert json.loads(live.read_text())["step"] == 1  # the live log follows the run
     proc.send_signal(sig)
     stderr = proc.communicate(timeout=60)[1]
     assert proc.returncode == code
     assert stderr.strip().splitlines() == [f"error: interrupted by {name}; nothing was written, rerun to start over"]
     assert not (prepared / "models").exists() or not any((prepared / "models").iterdir())
-    assert not (prepared / "plots" / "cnn").exists()
+    assert not (prepared / "dvclive" / "cnn").exists()  # no live log of an unfinished run next to no model
     set_params(prepared, {"cnn.epochs": 1})
     assert "Running stage 'train_cnn'" in run(prepared, "dvc", "repro", "train_cnn").stdout
     assert (prepared / "models" / "cnn.pt").is_file()

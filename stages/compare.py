@@ -1,0 +1,139 @@
+"""compare: the experiment table a person reads first, built on `dvc exp show --json`.
+
+`python -m stages.compare [--md] [DVC EXP SHOW OPTIONS]` (`make compare ARGS=...`) prints one row per
+experiment (the workspace, each baseline commit, each experiment derived from it): its name, the params whose
+values differ between the rows, and both models' test accuracy and loss side by side. Options it does not know
+(`-A`, `-a`, `--rev REV`, `-n N`) go to `dvc exp show` and choose the rows.
+"""
+
+from __future__ import annotations
+
+if not __package__:  # started as a file path, where `import stages` would end in a traceback
+    raise SystemExit("error: run it from the repository root as `python -m stages.compare`")
+
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+
+from tabulate import tabulate
+
+from stages.errors import UserError, entry_point
+from stages.params import MODELS
+
+METRICS = (("test_acc", "acc"), ("test_loss", "loss"))
+WIDTH = 120  # the table fits a 120-column terminal, or the real one when it is wider
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    state: str  # success, running, queued, failed
+    params: dict[str, object]  # dotted key -> value
+    metrics: dict[str, object]  # "cnn.test_acc" -> value
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    flat: dict[str, object] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _row(name: str, state: str, data: dict | None) -> Row:
+    data = data or {}
+    params = ((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}
+    metrics: dict[str, object] = {}
+    for entry in (data.get("metrics") or {}).values():
+        metrics.update(flatten(entry.get("data") or {}))
+    return Row(name, state, flatten(params), metrics)
+
+
+def rows_from_exp_show(shown: list[dict]) -> list[Row]:
+    """`dvc exp show --json` as rows: each baseline commit (and the workspace), then its experiments."""
+    rows = []
+    for baseline in shown:
+        rev = baseline["rev"]
+        name = "workspace" if rev == "workspace" else baseline.get("name") or rev[:7]
+        rows.append(_row(name, "success", baseline.get("data")))
+        for exp in baseline.get("experiments") or []:
+            revs = exp.get("revs") or [{}]
+            state = (exp.get("executor") or {}).get("state") or "success"
+            exp_name = exp.get("name") or (revs[0].get("rev") or "?")[:7]
+            rows.append(_row(exp_name, state, revs[0].get("data")))
+    return rows
+
+
+def changed_params(rows: list[Row]) -> list[str]:
+    """The params whose values differ between the rows that have params, in params.yaml order."""
+    keys: dict[str, None] = {}
+    for row in rows:
+        keys.update(dict.fromkeys(row.params))
+    with_params = [row for row in rows if row.params]
+    return [key for key in keys if len({json.dumps(row.params.get(key)) for row in with_params}) > 1]
+
+
+def _number(value: object) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else "-" if value is None else str(value)
+
+
+def table(rows: list[Row], markdown: bool = False, width: int = WIDTH) -> str:
+    changed = changed_params(rows)
+    headers = ["experiment"]
+    for _, short in METRICS:
+        headers += [f"{model.upper()} {short}" for model in MODELS]
+    headers.append("params that differ")
+    body = []
+    for row in rows:
+        name = row.name if row.state == "success" else f"{row.name} ({row.state})"
+        cells = [name]
+        for key, _ in METRICS:
+            cells += [_number(row.metrics.get(f"{model}.{key}")) for model in MODELS]
+        cells.append(", ".join(f"{key}={json.dumps(row.params.get(key))}" for key in changed))
+        body.append(cells)
+    align = ("left",) + ("right",) * (len(headers) - 2) + ("left",)
+    if markdown:
+        return tabulate(body, headers, tablefmt="github", disable_numparse=True, colalign=align)
+    # Wrap the params column so the whole table fits the width: no cell is ever cut short. Its share is what
+    # the other columns leave, found by rendering (tabulate pads headers by rules of its own).
+    params_width = width
+    while True:
+        text = tabulate(
+            body,
+            headers,
+            disable_numparse=True,
+            colalign=align,
+            maxcolwidths=[None] * (len(headers) - 1) + [params_width],
+        )
+        overflow = max(map(len, text.splitlines())) - width
+        if overflow <= 0 or params_width <= 20:
+            return text
+        params_width = max(20, params_width - overflow)
+
+
+def exp_show(args: list[str]) -> list[dict]:
+    dvc = shutil.which("dvc")
+    if not dvc:
+        raise UserError("dvc is not on PATH: run `make compare`, or `source .venv/bin/activate` first")
+    result = subprocess.run([dvc, "exp", "show", "--json", *args], capture_output=True, text=True)
+    if result.returncode != 0:
+        message = (result.stderr.strip().splitlines() or ["no message"])[-1]
+        raise UserError(f"`dvc exp show --json {' '.join(args)}` failed: {message}")
+    return json.loads(result.stdout)
+
+
+@entry_point
+def main() -> None:
+    args = sys.argv[1:]
+    markdown = "--md" in args
+    rows = rows_from_exp_show(exp_show([a for a in args if a != "--md"]))
+    width = max(WIDTH, shutil.get_terminal_size((WIDTH, 24)).columns) if sys.stdout.isatty() else WIDTH
+    print(table(rows, markdown, width))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""make compare: `dvc exp show --json` as one short table."""
+
+from __future__ import annotations
+
+from stages.compare import changed_params, rows_from_exp_show, table
+
+
+def _data(epochs: int, lr: float, mlp_acc: float | None, cnn_acc: float | None) -> dict:
+    metrics = {}
+    if mlp_acc is not None:
+        metrics["metrics/mlp.json"] = {"data": {"mlp": {"test_acc": mlp_acc, "test_loss": 0.3}}}
+    if cnn_acc is not None:
+        metrics["metrics/cnn.json"] = {"data": {"cnn": {"test_acc": cnn_acc, "test_loss": 0.2}}}
+        metrics["dvclive/cnn/metrics.json"] = {"data": {"cnn": {"val": {"acc": 0.5}}, "step": 3}}
+    params = {
+        "data": {"seed": 0},
+        "mlp": {"epochs": 25},
+        "cnn": {"epochs": epochs, "lr": lr, "augment": {"erase": 0.5}},
+    }
+    return {"params": {"params.yaml": {"data": params}}, "metrics": metrics}
+
+
+SHOWN = [
+    {"rev": "workspace", "name": None, "data": _data(20, 0.004, 0.9018, 0.9394), "experiments": None},
+    {
+        "rev": "0123456789abcdef",
+        "name": "main",
+        "data": _data(20, 0.004, 0.9018, 0.9394),
+        "experiments": [
+            {"name": "cnn-3-epochs", "revs": [{"rev": "aaaa", "data": _data(3, 0.004, 0.9018, 0.8871)}]},
+            {
+                "name": "lr-sweep-with-a-rather-long-name",
+                "executor": {"state": "running"},
+                "revs": [{"rev": "bbbb", "data": _data(20, 0.001, None, None)}],
+            },
+        ],
+    },
+]
+
+
+def test_rows_are_workspace_baseline_then_its_experiments() -> None:
+    rows = rows_from_exp_show(SHOWN)
+    assert [(r.name, r.state) for r in rows] == [
+        ("workspace", "success"),
+        ("main", "success"),
+        ("cnn-3-epochs", "success"),
+        ("lr-sweep-with-a-rather-long-name", "running"),
+    ]
+    assert rows[2].metrics["cnn.test_acc"] == 0.8871 and rows[2].params["cnn.augment.erase"] == 0.5
+
+
+def test_only_params_that_differ_between_rows_are_shown() -> None:
+    assert changed_params(rows_from_exp_show(SHOWN)) == ["cnn.epochs", "cnn.lr"]
+
+
+def test_table_puts_both_models_side_by_side_and_fits_120_columns() -> None:
+    text = table(rows_from_exp_show(SHOWN))
+    lines = text.splitlines()
+    assert lines[0].split()[:5] == ["experiment", "MLP", "acc", "CNN", "acc"]
+    assert max(map(len, lines)) <= 120
+    row = next(line for line in lines if line.startswith("cnn-3-epochs"))
+    assert row.split()[1:5] == ["0.9018", "0.8871", "0.3000", "0.2000"]
+    assert "cnn.epochs=3, cnn.lr=0.004" in row
+    running = next(line for line in lines if line.startswith("lr-sweep"))
+    assert "(running)" in running and running.split()[2:6] == ["-", "-", "-", "-"]
+    assert "0.5" not in text.split("params that differ")[1].replace("0.5000", "")  # erase is the same everywhere
+
+
+def test_a_long_params_column_wraps_instead_of_being_cut() -> None:
+    shown = [dict(SHOWN[1])]
+    shown[0]["experiments"] = [
+        {"name": f"exp-{i}", "revs": [{"rev": str(i), "data": _data(i, 0.001 * i, 0.9, 0.9)}]} for i in range(1, 4)
+    ]
+    for exp in shown[0]["experiments"]:
+        exp["revs"][0]["data"]["params"]["params.yaml"]["data"]["mlp"]["hidden"] = [1024, 512, 256, 128, 64, 32, 16]
+        exp["revs"][0]["data"]["params"]["params.yaml"]["data"]["mlp"]["epochs"] = 40 + len(exp["name"])
+    text = table(rows_from_exp_show(shown))
+    assert max(map(len, text.splitlines())) <= 120
+    assert all(f"cnn.epochs={i}," in text for i in (1, 2, 3))
+    assert text.count("mlp.hidden=") == 4 and text.count("16]") == 3  # wrapped, nothing dropped
+
+
+def test_markdown_for_a_pull_request() -> None:
+    lines = table(rows_from_exp_show(SHOWN), markdown=True).splitlines()
+    assert lines[0].startswith("| experiment") and set(lines[1]) <= set("|-: ")
+    assert len(lines) == 2 + 4
