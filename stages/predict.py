@@ -1,8 +1,9 @@
 """predict: classify your own pictures with a trained model.
 
-`python -m stages.predict IMAGE [IMAGE ...] [--model cnn|mlp] [--top K] [--json]` turns each PNG or JPEG into a
-Fashion-MNIST image (a light item on black, trimmed, its longest side fitted to 28 px and centred) and prints the
-K most likely classes.
+`python -m stages.predict IMAGE [IMAGE ...] [--model cnn|mlp] [--top K] [--json] [--show DIR]` turns each PNG or
+JPEG into a Fashion-MNIST image and prints the K most likely classes: the garment is separated from its backdrop
+(plain, graded, textured or shadowed, light or dark: fitted on the picture's border), then, alone on black, trimmed,
+its longest side fitted to 28 px and centred. `--show DIR` writes the 28x28 image the model saw.
 """
 
 from __future__ import annotations
@@ -282,6 +283,12 @@ def _top(text: str) -> int:
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         # One line instead of argparse's usage dump, like every other mistake the stages report.
+        if "required: IMAGE" in message:
+            # argparse's own words ("the following arguments are required: IMAGE") do not say what to pass.
+            raise UserError(
+                "no pictures given: python -m stages.predict IMAGE [IMAGE ...] (PNG or JPEG; see --help), "
+                'or make predict IMAGES="shoe.jpg shirt.png"'
+            )
         raise UserError(f"{message} (see `python -m stages.predict --help`)")
 
 
@@ -298,12 +305,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="write, for each picture, DIR/NAME.input.png (the 28x28 image the model saw, which predicts the same "
         "when given back) and DIR/NAME.png (the picture, that input enlarged and the prediction side by side)",
     )
-    if not argv:
-        # argparse's own words ("the following arguments are required: IMAGE") do not say what to pass.
-        raise UserError(
-            "no pictures given: python -m stages.predict IMAGE [IMAGE ...] (PNG or JPEG; see --help), "
-            'or make predict IMAGES="shoe.jpg shirt.png"'
-        )
     return parser.parse_args(argv)
 
 

@@ -24,6 +24,10 @@ from tests.conftest import ROOT, make_project, run, stage
 from tests.photos import KINDS, RED, graded, shadowed
 
 SAMPLE = 600  # test images per check: enough to see a 3-point accuracy gap, small enough for seconds
+PHOTOS = 200  # test images per kind of photo (six kinds): rendering and separating them takes most of the time
+# How far below the native accuracy each kind may fall (measured gaps, see the README, plus noise).
+PHOTO_MARGIN = {"plain_white": 0.05, "graded": 0.05, "textured": 0.08, "shadowed": 0.06, "off_centre": 0.05,
+                "dark_backdrop": 0.05}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -238,6 +242,7 @@ def test_decompression_bombs_are_refused_from_the_header(tmp_path, side) -> None
         (["a.png", "--top", "11"], "argument --top: must be a whole number from 1 to 10, not '11'"),
         (["a.png", "--model", "vit"], "argument --model: invalid choice: 'vit'"),
         ([], "no pictures given: python -m stages.predict IMAGE"),
+        (["--model", "mlp"], "no pictures given: python -m stages.predict IMAGE"),
     ],
 )
 def test_bad_arguments_are_one_line(capsys, argv, message) -> None:
@@ -364,3 +369,51 @@ def test_a_missing_model_says_to_run_dvc_repro(project) -> None:
     result = stage(project, "predict", "anything.png", check=False)
     assert result.returncode == 1
     assert result.stderr == "error: models/cnn.pt does not exist: run `dvc repro` to create it\n"
+
+
+@pytest.mark.slow
+def test_show_writes_what_the_model_saw_and_it_predicts_the_same(official, trained, tmp_path) -> None:
+    _, test = official
+    photo = save(tmp_path / "red-t-shirt.jpg", graded(test.images[0], np.random.default_rng(7), RED), quality=85)
+    native = save(tmp_path / "boot.png", test.images[0])
+    (first, second) = predict_json(trained, [photo, native], "--show", str(tmp_path / "seen"), "--top", "10")
+    assert first["input"] == str(tmp_path / "seen" / "red-t-shirt.input.png")
+    assert first["shown"] == str(tmp_path / "seen" / "red-t-shirt.png")
+    seen = np.asarray(Image.open(first["input"]))
+    assert seen.shape == (28, 28) and np.array_equal(seen, to_fashion_mnist(read_image(photo)))
+    assert np.array_equal(np.asarray(Image.open(second["input"])), test.images[0])
+    panel = Image.open(first["shown"])
+    assert panel.width > 600 and panel.height > 200
+    # The 28x28 input given back is classified exactly as the photo was.
+    (again,) = predict_json(trained, [Path(first["input"])], "--top", "10")
+    assert again["top"] == first["top"]
+    text = stage(trained, "predict", str(photo), "--show", str(tmp_path / "seen")).stdout
+    assert text.splitlines()[-1] == (
+        f"(the model saw {tmp_path / 'seen' / 'red-t-shirt.input.png'}; "
+        f"side by side in {tmp_path / 'seen' / 'red-t-shirt.png'})"
+    )
+
+
+@pytest.mark.slow
+def test_show_into_a_file_is_one_line(trained, tmp_path, official) -> None:
+    (tmp_path / "taken").write_text("a file, not a folder")
+    path = save(tmp_path / "boot.png", official[1].images[0])
+    result = stage(trained, "predict", str(path), "--show", str(tmp_path / "taken"), check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"error: --show {tmp_path / 'taken'}: cannot create the folder")
+
+
+@pytest.mark.slow
+def test_photos_are_classified_nearly_as_well_as_the_test_images(official, trained, tmp_path) -> None:
+    """Each kind of product photo (tests/photos.py) against the same test images in their native form."""
+    _, test = official
+    picks = np.random.default_rng(5).choice(len(test.labels), PHOTOS, replace=False)
+    rng = np.random.default_rng(6)
+    paths = {"native": [save(tmp_path / f"{i}.png", test.images[i]) for i in picks]}
+    for kind, render in KINDS.items():
+        paths[kind] = [save(tmp_path / f"{i}-{kind}.jpg", render(test.images[i], rng), quality=85) for i in picks]
+    results = predict_json(trained, [p for kind_paths in paths.values() for p in kind_paths])
+    labels = np.array([CLASS_NAMES.index(r["label"]) for r in results]).reshape(len(paths), PHOTOS)
+    accuracy = dict(zip(paths, (labels == test.labels[picks]).mean(1).round(4), strict=True))
+    print(f"top-1 accuracy per kind of photo: {accuracy}")
+    assert all(accuracy[kind] >= accuracy["native"] - PHOTO_MARGIN[kind] for kind in KINDS), accuracy
