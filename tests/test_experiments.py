@@ -122,9 +122,7 @@ def test_experiment_reruns_only_the_cnn_and_reports_the_change(experimented: tup
     rows = loss["content"]["data"]["values"]
 
     def epochs(rev: str, model: str) -> set[str]:
-        # Files and fields (loss, acc) both vary in this plot, so DVC names each row's source by both.
-        source = "filename::field"
-        return {str(row["step"]) for row in rows if row["rev"] == rev and row[source].startswith(f"{model}/")}
+        return {str(row["step"]) for row in rows if row["rev"] == rev and row["filename"].startswith(f"{model}/")}
 
     assert epochs("HEAD", "cnn") == {"1"} and epochs(EXPERIMENT, "cnn") == {"1", "2"}
     assert epochs("HEAD", "mlp") == epochs(EXPERIMENT, "mlp") == {"1"}

