@@ -167,7 +167,7 @@ def test_make_plots_renders_a_diff_of_two_revisions_into_a_clean_folder(reproduc
     per_class = project / "plots" / "cnn" / "per_class.csv"
     per_class.write_text(per_class.read_text().replace(",0.", ",0.0"))  # another result (git-tracked)
     run(project, "git", "commit", "-qam", "second")
-    (project / "dvc_plots").mkdir()
+    (project / "dvc_plots").mkdir(exist_ok=True)
     (project / "dvc_plots" / "stale.html").write_text("from an earlier run")
 
     run(project, "make", "--no-print-directory", "plots", "REVS=HEAD~1 HEAD")
