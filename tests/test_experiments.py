@@ -37,6 +37,7 @@ def committed(reproduced: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     """
     remotes = tmp_path_factory.mktemp("remotes")
     run(remotes, "git", "init", "-q", "--bare", "origin.git")
+    run(remotes / "origin.git", "git", "symbolic-ref", "HEAD", "refs/heads/main")  # what a forge's default is
     dest = tmp_path_factory.mktemp("committed") / "project"
     shutil.copytree(reproduced, dest, ignore=_without_dvc_tmp)
     run(dest, "git", "remote", "add", "origin", str(remotes / "origin.git"))
@@ -173,8 +174,10 @@ def test_a_team_shares_experiments_models_and_the_run_cache(experimented: tuple[
     run(second, "dvc", "pull")
     assert json.loads(run(second, "dvc", "status", "--json").stdout) == {}
     assert "Running stage" not in run(second, "dvc", "repro").stdout
-    # The model registry's way: one model by artifact name, straight from the git and DVC remotes.
-    run(tmp_path, "dvc", "artifacts", "get", git_remote, "cnn", "--rev", "main", "-o", str(tmp_path / "cnn.pt"))
+    # The model registry's way: a version registered with GTO, then the model by name from the two remotes.
+    run(first, "gto", "register", "cnn", "--version", "v1.0.0")
+    run(first, "git", "push", "-q", "origin", "cnn@v1.0.0")
+    run(tmp_path, "dvc", "artifacts", "get", git_remote, "cnn", "-o", str(tmp_path / "cnn.pt"))
     assert (tmp_path / "cnn.pt").read_bytes() == (second / "models" / "cnn.pt").read_bytes()
     # The same params the first clone ran: restored from the shared run-cache, not trained again.
     run(second, "dvc", "pull", "--run-cache")
