@@ -91,11 +91,16 @@ $(VEGA_STAMP):
 	@mv $(VEGA_DIR).tmp $(VEGA_DIR)
 	@touch $@
 
+# `make plots` renders the workspace; `make plots REVS="main my-exp"` compares revisions (`dvc plots diff`, offline
+# too: it reads them from git). Rendered into a scratch folder that replaces dvc_plots/ whole, so no file of an
+# earlier run stays behind and an interrupted run leaves the last page as it was.
+REVS ?=
 plots: setup $(VEGA_STAMP)
-	dvc plots show --out dvc_plots --html-template .dvc/plots/offline.html
-	@rm -rf dvc_plots/vendor
-	@mkdir -p dvc_plots/vendor
-	@cp -R $(VEGA_DIR)/*.min.js $(VEGA_DIR)/licenses $(VEGA_DIR)/VERSIONS dvc_plots/vendor/
+	@rm -rf dvc_plots.tmp
+	dvc plots $(if $(strip $(REVS)),diff $(REVS),show) --out dvc_plots.tmp --html-template .dvc/plots/offline.html
+	@mkdir -p dvc_plots.tmp/vendor
+	@cp -R $(VEGA_DIR)/*.min.js $(VEGA_DIR)/licenses $(VEGA_DIR)/VERSIONS dvc_plots.tmp/vendor/
+	@rm -rf dvc_plots && mv dvc_plots.tmp dvc_plots
 	@echo "offline plots: open $(CURDIR)/dvc_plots/index.html (Vega is in dvc_plots/vendor/, no network needed)"
 
 # The original notebook as one experiment: every key of benchmarks/notebook.yaml as a -S option.
@@ -108,6 +113,14 @@ ARGS ?=
 compare: setup
 	@$(BIN)/python -m stages.compare $(ARGS)
 
+# make predict IMAGES="shoe.jpg shirt.png" [MODEL=mlp] [SHOW=folder]; without IMAGES it says so before any setup.
 IMAGES ?=
-predict: setup
-	$(BIN)/python -m stages.predict $(IMAGES)
+MODEL ?= cnn
+SHOW ?=
+predict: $(if $(strip $(IMAGES)),setup,predict-usage)
+	$(BIN)/python -m stages.predict $(IMAGES) --model $(MODEL) $(if $(strip $(SHOW)),--show $(SHOW))
+
+.PHONY: predict-usage
+predict-usage:
+	@echo 'error: no pictures given: make predict IMAGES="shoe.jpg shirt.png" (PNG or JPEG; MODEL=mlp for the MLP, SHOW=folder to see what the model saw)' >&2
+	@exit 2

@@ -211,6 +211,11 @@ def write_with(path: str | Path, writer: Callable[[Path], None]) -> None:
         outputs.write_with(path, writer)
 
 
+def write_text(path: str | Path, text: str) -> None:
+    with all_or_nothing() as outputs:
+        outputs.write_text(path, text)
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     with all_or_nothing() as outputs:
         outputs.write_json(path, obj)

@@ -8,110 +8,176 @@ if not __package__:  # started as a file path, where `import stages` would end i
 import json
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import yaml
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from stages.data import CLASS_NAMES, load_split
 from stages.errors import UserError, entry_point
-from stages.files import all_or_nothing
+from stages.files import write_text, write_with
 from stages.params import MODELS, read_yaml
 
 LABELS = {"mlp": "MLP", "cnn": "CNN"}
-WORDS = {"loss": "loss", "acc": "accuracy"}
+COLOURS = {"mlp": "#4c78a8", "cnn": "#f58518"}  # the plots page's colours (Vega's first two), so both agree
+SPLITS = {"train": "--", "val": "-"}
 GALLERY = 16
+# DVCLive's per-epoch files (written by train): one TSV per metric, columns `step` (the epoch, from 1) and the
+# metric's last name.
+CURVES = (("train", "loss"), ("train", "acc"), ("val", "loss"), ("val", "acc"))
+# PNG metadata without Matplotlib's version, so the same inputs give the same bytes.
+PNG_METADATA = {"Software": None}
 
 
-def _read_csv(path: str, sep: str = ",") -> pd.DataFrame:
+def history_path(name: str, split: str, metric: str) -> Path:
+    return Path("dvclive") / name / "plots" / "metrics" / name / split / f"{metric}.tsv"
+
+
+def _read_table(path: Path, sep: str = ",") -> pd.DataFrame:
     try:
         return pd.read_csv(path, sep=sep)
-    except (OSError, pd.errors.ParserError) as exc:
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise UserError(f"cannot read {path} ({exc}); run `dvc repro` to regenerate it") from None
 
 
-def _read_metrics(name: str) -> dict:
-    path = f"metrics/{name}.json"
+def read_history(name: str) -> pd.DataFrame:
+    """One row per epoch: epoch, train_loss, train_acc, val_loss, val_acc."""
+    history = pd.DataFrame()
+    for split, metric in CURVES:
+        path = history_path(name, split, metric)
+        table = _read_table(path, sep="\t")
+        if not {"step", metric} <= set(table.columns):
+            raise UserError(f"{path} lacks the columns step and {metric}; run `dvc repro train_{name}`")
+        history[f"{split}_{metric}"] = table.set_index("step")[metric]
+    return history.rename_axis("epoch").reset_index()
+
+
+def read_metrics(name: str) -> dict:
+    """metrics/<name>.json's flat keys (test_acc, untrained_acc, best_epoch, ...)."""
+    path = Path("metrics") / f"{name}.json"
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"cannot read {path} ({exc}); run `dvc repro evaluate`") from None
+            return json.load(f)[name]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise UserError(f"cannot read {path} ({type(exc).__name__}: {exc}); run `dvc repro evaluate`") from None
 
 
-def _save(fig: plt.Figure, path: Path) -> None:
-    try:
-        fig.tight_layout()
-        fig.savefig(path, format="png", dpi=100)
-    finally:
-        plt.close(fig)
+def _save(fig: Figure, path: str) -> None:
+    write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100, metadata=PNG_METADATA))
+
+
+# --- tables ---
 
 
 def comparison(metrics: dict[str, dict], histories: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    rows = {
-        LABELS[name]: {
-            "parameters": m[name]["params"],
-            "epochs": m[name]["epochs"],
-            "kept epoch": m[name]["best_epoch"],
-            "precision": m[name]["precision"],
-            "val accuracy": histories[name].loc[m[name]["best_epoch"] - 1, "val_acc"],
-            "test accuracy": m[name]["test_acc"],
-            "test loss": m[name]["test_loss"],
-            "macro-F1": m[name]["test_f1"],
-            "untrained accuracy": m[name]["untrained_acc"],
+    """One row per model and a CNN − MLP row only for the measures where a difference means something."""
+    table = pd.DataFrame(
+        {
+            LABELS[name]: {
+                "parameters": m["params"],
+                "epochs": m["epochs"],
+                "kept epoch": m["best_epoch"],
+                "precision": m["precision"],
+                "untrained accuracy": m["untrained_acc"],
+                "val accuracy": kept_val_acc(histories[name], m["best_epoch"]),
+                "test accuracy": m["test_acc"],
+                "test loss": m["test_loss"],
+                "test macro-F1": m["test_f1"],
+            }
+            for name, m in metrics.items()
         }
-        for name, m in metrics.items()
-    }
-    table = pd.DataFrame(rows).T.rename_axis("model")
+    ).T.rename_axis("model")
+    table.loc["CNN − MLP"] = np.nan
+    for col in DIFFERENCES:
+        table.loc["CNN − MLP", col] = table.loc["CNN", col] - table.loc["MLP", col]
     return table
 
 
-def read_history(name: str) -> pd.DataFrame:
-    """The per-epoch curves train logged with DVCLive, one TSV per metric, as one table by epoch."""
-    columns = {}
-    for split in ("train", "val"):
-        for metric in ("loss", "acc"):
-            tsv = _read_csv(f"dvclive/{name}/plots/metrics/{name}/{split}/{metric}.tsv", sep="\t")
-            columns[f"{split}_{metric}"] = tsv.set_index("step")[metric]
-    return pd.DataFrame(columns).rename_axis("epoch").reset_index()
+def kept_val_acc(history: pd.DataFrame, epoch: int) -> float:
+    return float(history.loc[history["epoch"] == epoch, "val_acc"].iloc[0])
 
 
-def plot_curves(histories: dict[str, pd.DataFrame], metric: str, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(7, 4))
+# Accuracy, loss and F1 on the same images compare the models; epochs, the kept epoch and the untrained accuracy
+# describe each run and subtract to nothing.
+DIFFERENCES = ("val accuracy", "test accuracy", "test loss", "test macro-F1")
+
+
+def _format(table: pd.DataFrame) -> pd.DataFrame:
+    out = table.copy().astype(object)
+    for col in table.columns:
+        whole = col in ("parameters", "epochs", "kept epoch")
+        for label, v in table[col].items():
+            diff = label == "CNN − MLP"
+            if isinstance(v, str):
+                out.loc[label, col] = v
+            elif pd.isna(v):
+                out.loc[label, col] = ""
+            elif whole:
+                out.loc[label, col] = f"{v:,.0f}"
+            else:
+                out.loc[label, col] = f"{v:+.4f}" if diff else f"{v:.4f}"
+    return out
+
+
+def confusion_counts(predictions: pd.DataFrame) -> pd.DataFrame:
+    """Every (actual, predicted) pair in class order with its count, zeros included: 100 rows for the plots page
+    instead of 10,000 predictions."""
+    counts = pd.crosstab(
+        pd.Categorical(predictions["actual"], CLASS_NAMES),
+        pd.Categorical(predictions["predicted"], CLASS_NAMES),
+        dropna=False,
+    )
+    return counts.rename_axis(index="actual", columns="predicted").stack().rename("count").reset_index()
+
+
+# --- figures ---
+
+
+def plot_curves(histories: dict[str, pd.DataFrame], kept: dict[str, int], metric: str, path: str) -> None:
+    _save(curves_figure(histories, kept, metric), path)
+
+
+def curves_figure(histories: dict[str, pd.DataFrame], kept: dict[str, int], metric: str) -> Figure:
+    """Train and validation curves of both models, colour per model and dash per split; a diamond and a dotted line
+    mark the epoch each model kept."""
+    fig = Figure(figsize=(7.5, 4.2), layout="constrained")
+    ax = fig.add_subplot()
     for name, history in histories.items():
-        for split, style in (("train", "--"), ("val", "-")):
-            ax.plot(history["epoch"], history[f"{split}_{metric}"], style, marker=".", label=f"{LABELS[name]} {split}")
+        for split, style in SPLITS.items():
+            label = f"{LABELS[name]} {'validation' if split == 'val' else split}"
+            ax.plot(history["epoch"], history[f"{split}_{metric}"], style, color=COLOURS[name], label=label)
+        best = history.loc[history["epoch"] == kept[name], f"val_{metric}"]
+        ax.axvline(kept[name], color=COLOURS[name], linestyle=":", linewidth=1)
+        ax.plot([kept[name]] * len(best), best, "D", color=COLOURS[name], markeredgecolor="black", markersize=7)
+    ax.plot([], [], "D", color="grey", markeredgecolor="black", label="kept epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
-    ax.set_ylabel(WORDS[metric])
-    ax.set_title(f"{WORDS[metric].capitalize()} per epoch (train: augmented batches, label-smoothed loss)")
+    ax.set_ylabel("accuracy" if metric == "acc" else "cross-entropy loss")
+    ax.set_title(
+        f"{'Accuracy' if metric == 'acc' else 'Loss'} per epoch "
+        f"(train: augmented batches{', label-smoothed' if metric == 'loss' else ''})"
+    )
+    ax.margins(y=0.08)  # room above the highest curve, so no line or marker touches the frame
     ax.grid(alpha=0.3)
-    ax.legend()
-    _save(fig, path)
+    ax.legend(ncols=2, fontsize=8)
+    return fig
 
 
-def plot_confusion(predictions: pd.DataFrame, name: str, path: Path) -> None:
+def plot_confusion(predictions: pd.DataFrame, name: str, path: str) -> None:
     counts = pd.crosstab(
         pd.Categorical(predictions["actual"], CLASS_NAMES),
         pd.Categorical(predictions["predicted"], CLASS_NAMES),
         dropna=False,
     ).to_numpy()
     share = counts / np.maximum(counts.sum(1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(7.5, 6.5))
+    fig = Figure(figsize=(7.5, 6.5), layout="constrained")
+    ax = fig.add_subplot()
     ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     for i in range(len(CLASS_NAMES)):
         for j in range(len(CLASS_NAMES)):
-            ax.text(
-                j,
-                i,
-                counts[i, j],
-                ha="center",
-                va="center",
-                fontsize=8,
-                color="white" if share[i, j] > 0.5 else "black",
-            )
+            colour = "white" if share[i, j] > 0.5 else "black"
+            ax.text(j, i, counts[i, j], ha="center", va="center", fontsize=8, color=colour)
     ax.set_xticks(range(len(CLASS_NAMES)), CLASS_NAMES, rotation=45, ha="right")
     ax.set_yticks(range(len(CLASS_NAMES)), CLASS_NAMES)
     ax.set_xlabel("predicted")
@@ -120,10 +186,33 @@ def plot_confusion(predictions: pd.DataFrame, name: str, path: Path) -> None:
     _save(fig, path)
 
 
-def plot_mistakes(predictions: pd.DataFrame, images: np.ndarray, name: str, path: Path) -> None:
+def plot_per_class(per_class: dict[str, pd.Series], path: str) -> None:
+    """Test accuracy per class, both models side by side, classes in label order from the top."""
+    fig = Figure(figsize=(7.5, 5.2), layout="constrained")
+    ax = fig.add_subplot()
+    rows = np.arange(len(CLASS_NAMES))
+    height = 0.38
+    for k, name in enumerate(MODELS):
+        values = per_class[name].reindex(CLASS_NAMES).to_numpy()
+        bars = ax.barh(rows + (k - 0.5) * height, values, height, color=COLOURS[name], label=LABELS[name])
+        ax.bar_label(bars, [f"{v:.3f}" for v in values], padding=2, fontsize=7)
+    ax.set_yticks(rows, CLASS_NAMES)
+    ax.invert_yaxis()
+    low = float(min(s.min() for s in per_class.values()))
+    ax.set_xlim(max(0.0, np.floor(low * 10) / 10 - 0.1), 1.04)
+    ax.set_xlabel("test accuracy (share of the class's 1,000 test images recognised)")
+    ax.set_title("Test accuracy per class (the axis starts above 0)")
+    ax.grid(axis="x", alpha=0.3)
+    fig.legend(loc="outside lower center", ncols=len(MODELS))
+    _save(fig, path)
+
+
+def plot_mistakes(predictions: pd.DataFrame, images: np.ndarray, name: str, path: str) -> None:
     wrong = predictions[predictions["actual"] != predictions["predicted"]]
     worst = wrong.sort_values("probability", ascending=False, kind="stable").head(GALLERY)
-    fig, axes = plt.subplots(2, GALLERY // 2, figsize=(GALLERY // 2 * 1.6, 2 * 2.6))
+    columns = GALLERY // 2
+    fig = Figure(figsize=(columns * 1.3, 2 * 1.62 + 0.35), layout="constrained")
+    axes = fig.subplots(2, columns)
     for ax in axes.flat:
         ax.axis("off")
     for ax, (i, row) in zip(axes.flat, worst.iterrows(), strict=False):
@@ -133,31 +222,57 @@ def plot_mistakes(predictions: pd.DataFrame, images: np.ndarray, name: str, path
     _save(fig, path)
 
 
-def markdown(table: pd.DataFrame, classes: pd.DataFrame, params: dict) -> str:
-    fmt = table.copy().astype(object)
-    for col in ("parameters", "epochs", "kept epoch"):
-        fmt[col] = [f"{v:,.0f}" for v in table[col]]
-    for col in ("val accuracy", "test accuracy", "test loss", "macro-F1", "untrained accuracy"):
-        fmt[col] = [f"{v:.4f}" for v in table[col]]
+# --- the report ---
+
+
+def baseline(metrics: dict[str, dict], test_labels: np.ndarray) -> str:
+    counts = np.bincount(test_labels, minlength=len(CLASS_NAMES))
+    chance = counts.max() / counts.sum()
+    per_class = f"{counts.min():,}" if counts.min() == counts.max() else f"{counts.min():,} to {counts.max():,}"
+    untrained = ", ".join(f"{LABELS[n]} {m['untrained_acc']:.4f}" for n, m in metrics.items())
+    return (
+        f"Baselines: guessing, or always answering the commonest class, gets {chance:.4f} on this test set "
+        f"({len(CLASS_NAMES)} classes, {per_class} images each). `untrained accuracy` is something else: the same "
+        f"network with the weights training started from ({untrained}). That is no chance level: an untrained "
+        "network's answers follow arbitrary features of the images, so it can land well below chance or above it."
+    )
+
+
+def markdown(
+    table: pd.DataFrame, classes: pd.DataFrame, metrics: dict[str, dict], test_labels: np.ndarray, params: dict
+) -> str:
+    fmt = _format(table)
+    kept = "; ".join(
+        f"{LABELS[n]}: epoch {m['best_epoch']} of {m['epochs']} "
+        f"(validation accuracy {table.loc[LABELS[n], 'val accuracy']:.4f})"
+        for n, m in metrics.items()
+    )
     figures = "\n\n".join(
         f"![{alt}](../plots/{png})"
         for alt, png in (
             ("Loss curves", "loss.png"),
             ("Accuracy curves", "accuracy.png"),
+            ("Per-class test accuracy", "per_class.png"),
             ("MLP confusion matrix", "confusion_mlp.png"),
             ("CNN confusion matrix", "confusion_cnn.png"),
+            ("MLP's most confident mistakes", "mistakes_mlp.png"),
             ("CNN's most confident mistakes", "mistakes_cnn.png"),
             ("Training samples", "samples.png"),
         )
     )
     return f"""# Fashion-MNIST: MLP vs CNN
 
-Generated by the `report` stage from `metrics/*.json` and `plots/*/*.csv`; do not edit by hand.
-Test: the official 10,000 test images, never used for training or model selection.
+Generated by the `report` stage from `metrics/*.json`, `dvclive/*/plots/` and `plots/*/*.csv`; do not edit by hand.
+Test: the official 10,000 test images, never used for training or for choosing the kept epoch.
 
 ## Comparison
 
 {fmt.to_markdown(colalign=("left",) + ("right",) * len(fmt.columns), disable_numparse=True)}
+
+Each model keeps the weights of its epoch with the best validation accuracy (the diamonds on the curves): {kept}.
+The `CNN − MLP` row is filled only where both models were measured on the same images.
+
+{baseline(metrics, test_labels)}
 
 ## Per-class test accuracy
 
@@ -179,23 +294,27 @@ Test: the official 10,000 test images, never used for training or model selectio
 def main() -> None:
     raw = read_yaml()
     params = {section: raw.get(section) for section in ("data", *MODELS)}
-    metrics = {name: _read_metrics(name) for name in MODELS}
+    metrics = {name: read_metrics(name) for name in MODELS}
     histories = {name: read_history(name) for name in MODELS}
-    predictions = {name: _read_csv(f"plots/{name}/predictions.csv") for name in MODELS}
-    per_class = {name: _read_csv(f"plots/{name}/per_class.csv").set_index("class")["accuracy"] for name in MODELS}
+    predictions = {name: _read_table(Path("plots") / name / "predictions.csv") for name in MODELS}
+    per_class = {
+        name: _read_table(Path("plots") / name / "per_class.csv").set_index("class")["accuracy"] for name in MODELS
+    }
     classes = pd.DataFrame({f"{LABELS[n]} accuracy": per_class[n] for n in MODELS}).reset_index()
     classes["CNN − MLP"] = per_class["cnn"].to_numpy() - per_class["mlp"].to_numpy()
+    test = load_split("test")
+    kept = {name: int(m["best_epoch"]) for name, m in metrics.items()}
 
-    test_images = load_split("test").images
-    # The report and its figures appear together or not at all.
-    with all_or_nothing() as outputs:
-        plot_curves(histories, "loss", outputs.path("plots/loss.png"))
-        plot_curves(histories, "acc", outputs.path("plots/accuracy.png"))
-        for name in MODELS:
-            plot_confusion(predictions[name], name, outputs.path(f"plots/confusion_{name}.png"))
-        plot_mistakes(predictions["cnn"], test_images, "cnn", outputs.path("plots/mistakes_cnn.png"))
-        outputs.write_text("metrics/report.md", markdown(comparison(metrics, histories), classes, params))
-    print("report: metrics/report.md and plots/*.png written")
+    for metric, png in (("loss", "loss"), ("acc", "accuracy")):
+        plot_curves(histories, kept, metric, f"plots/{png}.png")
+    plot_per_class(per_class, "plots/per_class.png")
+    for name in MODELS:
+        plot_confusion(predictions[name], name, f"plots/confusion_{name}.png")
+        plot_mistakes(predictions[name], test.images, name, f"plots/mistakes_{name}.png")
+        counts = confusion_counts(predictions[name])
+        write_with(f"plots/{name}/confusion.csv", lambda tmp, c=counts: c.to_csv(tmp, index=False))
+    write_text("metrics/report.md", markdown(comparison(metrics, histories), classes, metrics, test.labels, params))
+    print("report: metrics/report.md, plots/*.png and plots/*/confusion.csv written")
 
 
 if __name__ == "__main__":

@@ -58,7 +58,8 @@ def test_report_names_both_models_and_links_real_images(reproduced) -> None:
     report = (reproduced / "metrics" / "report.md").read_text()
     assert "| MLP" in report and "| CNN" in report and "CNN − MLP" in report
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
-    assert len(links) >= 5
+    for png in ("loss", "accuracy", "per_class", "mistakes_mlp", "mistakes_cnn", "confusion_mlp", "confusion_cnn"):
+        assert f"../plots/{png}.png" in links, png
     for link in links:
         image = (reproduced / "metrics" / link).resolve()
         assert image.is_file() and image.stat().st_size > 1000, link
@@ -112,24 +113,6 @@ def stage_in_process(reproduced: Path, tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setattr(errors, "PLANNED", [])
     monkeypatch.setattr(errors, "WRITTEN", [])
     return copy
-
-
-def test_report_failing_between_its_figures_leaves_every_output_as_it_was(reproduced, tmp_path, monkeypatch) -> None:
-    from stages import errors, report
-
-    copy = stage_in_process(reproduced, tmp_path, monkeypatch)
-    outputs = ["metrics/report.md", "plots/loss.png", "plots/accuracy.png", "plots/mistakes_cnn.png"]
-    before = {name: (copy / name).read_bytes() for name in outputs}
-
-    def interrupted(*args) -> None:
-        raise errors.Interrupted(15)  # SIGTERM after the curves and confusion matrices were drawn
-
-    monkeypatch.setattr(report, "plot_mistakes", interrupted)
-    with pytest.raises(errors.Interrupted):
-        report.main.__wrapped__()
-    assert {name: (copy / name).read_bytes() for name in outputs} == before
-    assert not list(copy.rglob("*.tmp"))
-    assert errors.outputs_note().startswith("nothing was written (plots/loss.png, plots/accuracy.png, ")
 
 
 def test_evaluate_failing_between_its_writes_leaves_every_output_as_it_was(reproduced, tmp_path, monkeypatch) -> None:
