@@ -41,9 +41,10 @@ browser:
 repro: setup
 	dvc repro
 
-# The parallel queue sweep (minutes) is left to `make test-all` and CI, to keep this under 5 minutes.
+# The long end-to-end checks (experiments, team sharing, the queue sweep, photos; minutes) are left to
+# `make test-all` and CI, to keep this under 5 minutes.
 test: setup vendor browser
-	$(BIN)/pytest -m "not sweep"
+	$(BIN)/pytest -m "not long"
 
 test-all: setup vendor browser
 	$(BIN)/pytest

@@ -16,7 +16,7 @@ from matplotlib.ticker import MaxNLocator
 
 from stages.data import CLASS_NAMES, load_split
 from stages.errors import UserError, entry_point
-from stages.files import write_text, write_with
+from stages.files import Outputs, all_or_nothing
 from stages.params import MODELS, read_yaml
 
 LABELS = {"mlp": "MLP", "cnn": "CNN"}
@@ -63,8 +63,8 @@ def read_metrics(name: str) -> dict:
         raise UserError(f"cannot read {path} ({type(exc).__name__}: {exc}); run `dvc repro evaluate`") from None
 
 
-def _save(fig: Figure, path: str) -> None:
-    write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100, metadata=PNG_METADATA))
+def _save(outputs: Outputs, fig: Figure, path: str) -> None:
+    outputs.write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100, metadata=PNG_METADATA))
 
 
 # --- tables ---
@@ -134,8 +134,10 @@ def confusion_counts(predictions: pd.DataFrame) -> pd.DataFrame:
 # --- figures ---
 
 
-def plot_curves(histories: dict[str, pd.DataFrame], kept: dict[str, int], metric: str, path: str) -> None:
-    _save(curves_figure(histories, kept, metric), path)
+def plot_curves(
+    outputs: Outputs, histories: dict[str, pd.DataFrame], kept: dict[str, int], metric: str, path: str
+) -> None:
+    _save(outputs, curves_figure(histories, kept, metric), path)
 
 
 def curves_figure(histories: dict[str, pd.DataFrame], kept: dict[str, int], metric: str) -> Figure:
@@ -164,7 +166,7 @@ def curves_figure(histories: dict[str, pd.DataFrame], kept: dict[str, int], metr
     return fig
 
 
-def plot_confusion(predictions: pd.DataFrame, name: str, path: str) -> None:
+def plot_confusion(outputs: Outputs, predictions: pd.DataFrame, name: str, path: str) -> None:
     counts = pd.crosstab(
         pd.Categorical(predictions["actual"], CLASS_NAMES),
         pd.Categorical(predictions["predicted"], CLASS_NAMES),
@@ -183,10 +185,10 @@ def plot_confusion(predictions: pd.DataFrame, name: str, path: str) -> None:
     ax.set_xlabel("predicted")
     ax.set_ylabel("actual")
     ax.set_title(f"{LABELS[name]} confusion matrix, official test set (counts; colour: share of the row)")
-    _save(fig, path)
+    _save(outputs, fig, path)
 
 
-def plot_per_class(per_class: dict[str, pd.Series], path: str) -> None:
+def plot_per_class(outputs: Outputs, per_class: dict[str, pd.Series], path: str) -> None:
     """Test accuracy per class, both models side by side, classes in label order from the top."""
     fig = Figure(figsize=(7.5, 5.2), layout="constrained")
     ax = fig.add_subplot()
@@ -204,10 +206,10 @@ def plot_per_class(per_class: dict[str, pd.Series], path: str) -> None:
     ax.set_title("Test accuracy per class (the axis starts above 0)")
     ax.grid(axis="x", alpha=0.3)
     fig.legend(loc="outside lower center", ncols=len(MODELS))
-    _save(fig, path)
+    _save(outputs, fig, path)
 
 
-def plot_mistakes(predictions: pd.DataFrame, images: np.ndarray, name: str, path: str) -> None:
+def plot_mistakes(outputs: Outputs, predictions: pd.DataFrame, images: np.ndarray, name: str, path: str) -> None:
     wrong = predictions[predictions["actual"] != predictions["predicted"]]
     worst = wrong.sort_values("probability", ascending=False, kind="stable").head(GALLERY)
     columns = GALLERY // 2
@@ -219,7 +221,7 @@ def plot_mistakes(predictions: pd.DataFrame, images: np.ndarray, name: str, path
         ax.imshow(images[i], cmap="gray", vmin=0, vmax=255)
         ax.set_title(f"true {row.actual}\npred {row.predicted}\n{row.probability:.0%}", fontsize=7)
     fig.suptitle(f"{LABELS[name]}: most confident mistakes on the test set")
-    _save(fig, path)
+    _save(outputs, fig, path)
 
 
 # --- the report ---
@@ -305,15 +307,18 @@ def main() -> None:
     test = load_split("test")
     kept = {name: int(m["best_epoch"]) for name, m in metrics.items()}
 
-    for metric, png in (("loss", "loss"), ("acc", "accuracy")):
-        plot_curves(histories, kept, metric, f"plots/{png}.png")
-    plot_per_class(per_class, "plots/per_class.png")
-    for name in MODELS:
-        plot_confusion(predictions[name], name, f"plots/confusion_{name}.png")
-        plot_mistakes(predictions[name], test.images, name, f"plots/mistakes_{name}.png")
-        counts = confusion_counts(predictions[name])
-        write_with(f"plots/{name}/confusion.csv", lambda tmp, c=counts: c.to_csv(tmp, index=False))
-    write_text("metrics/report.md", markdown(comparison(metrics, histories), classes, metrics, test.labels, params))
+    # All the report's files appear together or not at all: a failure between two figures leaves the old set.
+    with all_or_nothing() as outputs:
+        for metric, png in (("loss", "loss"), ("acc", "accuracy")):
+            plot_curves(outputs, histories, kept, metric, f"plots/{png}.png")
+        plot_per_class(outputs, per_class, "plots/per_class.png")
+        for name in MODELS:
+            plot_confusion(outputs, predictions[name], name, f"plots/confusion_{name}.png")
+            plot_mistakes(outputs, predictions[name], test.images, name, f"plots/mistakes_{name}.png")
+            counts = confusion_counts(predictions[name])
+            outputs.write_with(f"plots/{name}/confusion.csv", lambda tmp, c=counts: c.to_csv(tmp, index=False))
+        table = comparison(metrics, histories)
+        outputs.write_text("metrics/report.md", markdown(table, classes, metrics, test.labels, params))
     print("report: metrics/report.md, plots/*.png and plots/*/confusion.csv written")
 
 

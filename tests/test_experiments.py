@@ -92,6 +92,7 @@ def experimented(committed: Path, tmp_path_factory: pytest.TempPathFactory) -> t
     return dest, result.stdout + result.stderr
 
 
+@pytest.mark.long
 def test_experiment_reruns_only_the_cnn_and_reports_the_change(experimented: tuple[Path, str]) -> None:
     workspace, output = experimented
     for unchanged in ("prepare", "train_mlp"):
@@ -130,6 +131,7 @@ def test_experiment_reruns_only_the_cnn_and_reports_the_change(experimented: tup
     assert all(float(row["dvc_inferred_y_value"]) > 0 for row in rows)
 
 
+@pytest.mark.long
 def test_compare_shows_the_experiment_next_to_its_baseline(experimented: tuple[Path, str]) -> None:
     workspace, _ = experimented
     text = run(workspace, sys.executable, "-m", "stages.compare").stdout
@@ -145,6 +147,7 @@ def test_compare_shows_the_experiment_next_to_its_baseline(experimented: tuple[P
     assert markdown.startswith("| experiment") and f"| {EXPERIMENT}" in markdown
 
 
+@pytest.mark.long
 def test_a_team_shares_experiments_models_and_the_run_cache(experimented: tuple[Path, str], tmp_path: Path) -> None:
     first = tmp_path / "first"
     shutil.copytree(experimented[0], first, ignore=_without_dvc_tmp)
@@ -205,7 +208,7 @@ def wait_for(project: Path, names: list[str]) -> dict[str, dict]:
     raise AssertionError(f"queued experiments {names} still unfinished after {SWEEP_TIMEOUT_S} s:\n{status}")
 
 
-@pytest.mark.sweep
+@pytest.mark.long
 def test_queued_sweep_runs_in_parallel_workers(workspace: Path) -> None:
     queued = run(workspace, "dvc", "exp", "run", "--queue", "-S", "cnn.lr=0.001,0.003").stdout
     names = re.findall(r"Queued experiment '([^']+)'", queued)

@@ -71,6 +71,7 @@ def test_second_repro_runs_nothing(reproduced) -> None:
     assert "up to date" in result.stdout
 
 
+@pytest.mark.long
 def test_forced_rerun_gives_the_same_bytes(reproduced, tmp_path) -> None:
     """Same code, params and data: every output byte-identical, dvc.lock unchanged, no metrics diff."""
     copy = tmp_path / "copy"
@@ -136,3 +137,26 @@ def test_evaluate_failing_between_its_writes_leaves_every_output_as_it_was(repro
     assert {name: (copy / name).read_bytes() for name in outputs} == before
     assert not list(copy.rglob("*.tmp"))
     assert errors.WRITTEN == [] and len(errors.PLANNED) == 5  # the cnn's metrics failed before being planned
+
+
+def test_report_failing_between_its_figures_leaves_every_output_as_it_was(reproduced, tmp_path, monkeypatch) -> None:
+    from stages import report
+
+    copy = stage_in_process(reproduced, tmp_path, monkeypatch)
+    outputs = ["metrics/report.md", "plots/loss.png", "plots/per_class.png", "plots/mistakes_mlp.png"]
+    outputs += [f"plots/{m}/confusion.csv" for m in ("mlp", "cnn")]
+    before = {name: (copy / name).read_bytes() for name in outputs}
+    (copy / "plots" / "loss.png").write_bytes(b"stale")  # a write that went through would replace it
+    before["plots/loss.png"] = b"stale"
+    real = report.plot_mistakes
+
+    def fail_for_the_cnn(outputs, predictions, images, name, path):
+        if name == "cnn":  # the curves, per-class figure and the MLP's files are written to temporaries by then
+            raise OSError(28, "No space left on device")
+        real(outputs, predictions, images, name, path)
+
+    monkeypatch.setattr(report, "plot_mistakes", fail_for_the_cnn)
+    with pytest.raises(OSError):
+        report.main.__wrapped__()
+    assert {name: (copy / name).read_bytes() for name in outputs} == before
+    assert not list(copy.rglob("*.tmp"))

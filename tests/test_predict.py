@@ -365,6 +365,7 @@ def accuracy_per_form(
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_other_forms_of_the_test_images_are_as_accurate(official, trained, tmp_path) -> None:
     accuracy = accuracy_per_form(trained, official[1], FORMS, SAMPLE, 2, tmp_path)
     assert all(accuracy[form] >= accuracy["native"] - 0.03 for form in FORMS), accuracy
@@ -526,6 +527,7 @@ def test_show_into_a_file_is_one_line(trained, tmp_path, official) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_photos_are_classified_nearly_as_well_as_the_test_images(official, trained, tmp_path) -> None:
     """Each kind of product photo (tests/photos.py) against the same test images in their native form."""
     kinds = {kind: (render, "jpg") for kind, render in KINDS.items()}
