@@ -2,8 +2,8 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# Keyed on the requirements: editing them reinstalls, a second `make setup` installs nothing.
-STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | sha256sum | cut -c1-16)
+# Keyed on the requirements and pyproject.toml: editing them reinstalls, a second `make setup` installs nothing.
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt pyproject.toml | sha256sum | cut -c1-16)
 DEBIAN_DATA := /usr/share/datasets/fashion-mnist
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
@@ -12,10 +12,10 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 setup: $(STAMP) data
 
 # A venv without pip (Debian's python3 without python3-venv) is removed, so the next try starts clean.
-$(STAMP): requirements.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	@test -x $(BIN)/pip || $(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); \
 		echo "python3 -m venv failed: on Debian/Ubuntu run 'sudo apt-get install python3-venv'"; exit 1; }
-	$(BIN)/pip install --quiet -r requirements-dev.txt
+	$(BIN)/pip install --quiet -r requirements-dev.txt --editable .
 	rm -f $(VENV)/.installed-*
 	touch $@
 

@@ -11,23 +11,13 @@ from typing import Any
 
 import yaml
 
-from stages.params import parse_section, read_yaml, set_dotted
+from stages.params import flatten, parse_section, read_yaml, set_dotted
 
 OVERLAY = Path(__file__).with_name("notebook.yaml")
 
 
-def _flatten(node: dict, prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in node.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def overrides() -> dict[str, Any]:
-    return _flatten(yaml.safe_load(OVERLAY.read_text()))
+    return flatten(yaml.safe_load(OVERLAY.read_text()))
 
 
 def notebook_params(section: str, params: str | Path = "params.yaml") -> Any:

@@ -8,9 +8,6 @@ values differ between the rows, and both models' test accuracy and loss side by 
 
 from __future__ import annotations
 
-if not __package__:  # started as a file path, where `import stages` would end in a traceback
-    raise SystemExit("error: run it from the repository root as `python -m stages.compare`")
-
 import json
 import shutil
 import subprocess
@@ -20,7 +17,7 @@ from dataclasses import dataclass
 from tabulate import tabulate
 
 from stages.errors import UserError, entry_point
-from stages.params import MODELS
+from stages.params import MODELS, flatten
 
 METRICS = (("test_acc", "acc"), ("test_loss", "loss"))
 WIDTH = 120  # the table fits a 120-column terminal, or the real one when it is wider
@@ -32,16 +29,6 @@ class Row:
     state: str  # success, running, queued, failed
     params: dict[str, object]  # dotted key -> value
     metrics: dict[str, object]  # "cnn.test_acc" -> value
-
-
-def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
-    flat: dict[str, object] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def _row(name: str, state: str, data: dict | None) -> Row:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from stages.errors import UserError
-from stages.params import IMAGE_SIDE, NUM_CLASSES, DataParams
+from stages.params import IMAGE_SIDE, NUM_CLASSES, TEST_IMAGES, TRAIN_IMAGES, DataParams
 
 CLASS_NAMES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -30,7 +30,7 @@ RAW_FILES = {
     "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
 }
 IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049
-SPLIT_SIZES = {"train": 60_000, "t10k": 10_000}
+SPLIT_SIZES = {"train": TRAIN_IMAGES, "t10k": TEST_IMAGES}
 
 RAW_DIR = Path("data/raw")
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")

@@ -17,13 +17,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
 from tqdm import tqdm
 
 from stages.data import CLASS_NAMES, Split
 from stages.errors import UserError
-from stages.files import load_torch, save_torch
+from stages.files import load_torch
 from stages.models import build_model, check_size
-from stages.params import CNNParams, MLPParams, ParamsError, TrainParams, parse_section, to_dict
+from stages.params import OPTIMIZERS, CNNParams, MLPParams, ParamsError, TrainParams, parse_section, to_dict
 
 EVAL_BATCH = 1000
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr")
@@ -128,8 +129,8 @@ def _layout(cfg: TrainParams) -> torch.memory_format:
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, x: torch.Tensor, cfg: TrainParams) -> torch.Tensor:
-    """Logits (log-probabilities) for a whole split in large batches, in float32, without gradients.
+def predict_log_probs(model: nn.Module, x: torch.Tensor, cfg: TrainParams) -> torch.Tensor:
+    """Log-probabilities (N, 10) for a whole split in large batches, in float32, without gradients.
 
     With `tta`, the prediction averages the probabilities for the image and its mirror image: the model
     learnt both orientations from the flip augmentation, and the average is steadier than either.
@@ -152,18 +153,18 @@ def predict_logits(model: nn.Module, x: torch.Tensor, cfg: TrainParams) -> torch
 class Scores:
     loss: float
     accuracy: float
-    logits: torch.Tensor
+    log_probs: torch.Tensor
 
 
 def score(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainParams) -> Scores:
-    logits = predict_logits(model, x, cfg)
-    y = y.to(logits.device)
-    loss = round(F.cross_entropy(logits, y).item(), 6)
-    accuracy = (logits.argmax(1) == y).sum().item() / len(y)  # exact: 9343 / 10000, not a float32 mean
-    return Scores(loss, accuracy, logits.cpu())
+    log_probs = predict_log_probs(model, x, cfg)
+    y = y.to(log_probs.device)
+    loss = round(F.nll_loss(log_probs, y).item(), 6)
+    accuracy = (log_probs.argmax(1) == y).sum().item() / len(y)  # exact: 9343 / 10000, not a float32 mean
+    return Scores(loss, accuracy, log_probs.cpu())
 
 
-def _optimizer(model: nn.Module, cfg: TrainParams) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, cfg: TrainParams) -> torch.optim.Optimizer:
     # Weight decay on weight matrices and kernels only: decaying biases and BN scales only hurts. Without
     # decay, one group: each group costs the step its own kernels, which the tiny MLP's step feels.
     groups = list(model.parameters())
@@ -171,16 +172,13 @@ def _optimizer(model: nn.Module, cfg: TrainParams) -> torch.optim.Optimizer:
         decay = [p for p in groups if p.ndim > 1]
         rest = [p for p in groups if p.ndim <= 1]
         groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    extra = {"momentum": cfg.momentum, "nesterov": cfg.nesterov} if cfg.optimizer == "sgd" else {}
     # foreach: a few multi-tensor kernels per step instead of a loop over tensors; PyTorch only picks it by
     # itself on CUDA.
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, foreach=True)
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr, foreach=True)
-    return torch.optim.AdamW(groups, lr=cfg.lr, foreach=True)
+    return getattr(torch.optim, OPTIMIZERS[cfg.optimizer])(groups, lr=cfg.lr, foreach=True, **extra)
 
 
-def _scheduler(opt: torch.optim.Optimizer, cfg: TrainParams, steps: int) -> torch.optim.lr_scheduler.LRScheduler | None:
+def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainParams, steps: int) -> LRScheduler | None:
     """A per-batch schedule over `steps` batches; `step` divides the lr by 10 at 50 % and 75 % of training."""
     if cfg.schedule == "onecycle":
         # OneCycle also cycles momentum by default, which would override sgd's `momentum`; Adam's beta1 cycles.
@@ -192,6 +190,72 @@ def _scheduler(opt: torch.optim.Optimizer, cfg: TrainParams, steps: int) -> torc
     if cfg.schedule == "step":
         return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[steps // 2, steps * 3 // 4], gamma=0.1)
     return None
+
+
+def untrained_model(cfg: MLPParams | CNNParams, device: torch.device) -> tuple[nn.Module, torch.Generator]:
+    """The network training starts from, and the generator that training then draws from.
+
+    Seeding, then building the model, is the first use of the RNG: the same params always give the same initial
+    weights, which is how evaluate scores the untrained network.
+    """
+    gen = seed_everything(cfg.seed, device)
+    return build_model(cfg).to(device=device, memory_format=_layout(cfg)), gen
+
+
+def train_epoch(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: LRScheduler | None,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: MLPParams | CNNParams,
+    gen: torch.Generator,
+    epoch: int,
+) -> tuple[float, float]:
+    """One pass over the shuffled training images `x` (N, 1, 28, 28), each batch augmented; returns the mean loss
+    and the accuracy on those augmented batches."""
+    model.train()
+    autocast = resolve_precision(cfg.precision, x.device)
+    layout = _layout(cfg)
+    n, batch = len(x), cfg.batch_size
+    predicted = torch.empty_like(y)
+    loss_sum = 0.0
+    start = time.perf_counter()
+    bar = tqdm(
+        total=math.ceil(n / batch),
+        desc=f"{cfg.name} {epoch}/{cfg.epochs}",
+        unit="batch",
+        leave=False,
+        file=sys.stderr,
+        disable=None,
+    )
+    with bar:
+        for b, first in enumerate(range(0, n, batch)):
+            rows = slice(first, first + batch)
+            xb = augment(x[rows], cfg, gen).contiguous(memory_format=layout)
+            yb = y[rows]
+            with torch.autocast(x.device.type, dtype=autocast) if autocast else nullcontext():
+                logits = model(xb)
+                loss = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
+            value = loss.item()
+            if not math.isfinite(value):
+                raise Diverged(
+                    f"{cfg.name} diverged in epoch {epoch}: the training loss became {value}; "
+                    f"lower {cfg.name}.lr (now {cfg.lr:g}) and rerun"
+                )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if sched:
+                sched.step()
+            loss_sum += value * len(yb)
+            # One op per batch; the accuracy is counted once per epoch.
+            torch.argmax(logits.detach(), 1, out=predicted[rows])
+            bar.update()
+            if b % 20 == 0:
+                done = first + len(yb)
+                bar.set_postfix(loss=f"{loss_sum / done:.3f}", img_s=f"{done / (time.perf_counter() - start):,.0f}")
+    return loss_sum / n, (predicted == y).sum().item() / n
 
 
 @dataclass
@@ -215,90 +279,46 @@ def fit(
 
     `on_epoch` gets each epoch's history row as soon as the epoch ends (live logging).
     """
-    gen = seed_everything(cfg.seed, device)
-    model = build_model(cfg).to(device=device, memory_format=_layout(cfg))
+    model, gen = untrained_model(cfg, device)
     x_train, y_train = to_inputs(train.images, cfg, device), torch.from_numpy(train.labels).to(device)
     x_val, y_val = to_inputs(val.images, cfg, device), torch.from_numpy(val.labels).to(device)
-    n, batch = len(x_train), cfg.batch_size
-    batches = math.ceil(n / batch)
-    opt = _optimizer(model, cfg)
-    sched = _scheduler(opt, cfg, cfg.epochs * batches)
-    autocast = resolve_precision(cfg.precision, device)
-    layout = _layout(cfg)
+    opt = build_optimizer(model, cfg)
+    sched = build_scheduler(opt, cfg, cfg.epochs * math.ceil(len(x_train) / cfg.batch_size))
     # Allocated (and paged in) once: a fresh copy each epoch would pay its page faults every epoch.
     x_epoch = x_train.clone()
-    predicted = torch.empty_like(y_train)
     history: list[dict] = []
-    best = (-1.0, 0, None)
+    best_acc, best_epoch, best_state = -1.0, 0, {}
     start = time.perf_counter()
     for epoch in range(1, cfg.epochs + 1):
-        model.train()
         epoch_start = time.perf_counter()
-        loss_sum = 0.0
-        # One shuffled copy per epoch, so each batch is a contiguous slice rather than a gather.
-        order = torch.randperm(n, generator=gen).to(device)
+        # One shuffled copy per epoch, so that each batch is a contiguous slice rather than a gather.
+        order = torch.randperm(len(x_train), generator=gen).to(device)
         torch.index_select(x_train, 0, order, out=x_epoch)
-        y_epoch = y_train[order]
-        bar = tqdm(
-            total=batches,
-            desc=f"{cfg.name} {epoch}/{cfg.epochs}",
-            unit="batch",
-            leave=False,
-            file=sys.stderr,
-            disable=None,
-        )
-        for b in range(batches):
-            rows = slice(b * batch, (b + 1) * batch)
-            xb = augment(x_epoch[rows], cfg, gen).contiguous(memory_format=layout)
-            yb = y_epoch[rows]
-            with torch.autocast(device.type, dtype=autocast) if autocast else nullcontext():
-                logits = model(xb)
-                loss = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
-            value = loss.item()
-            if not math.isfinite(value):
-                bar.close()
-                raise Diverged(
-                    f"{cfg.name} diverged in epoch {epoch}: the training loss became {value}; "
-                    f"lower {cfg.name}.lr (now {cfg.lr:g}) and rerun"
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if sched:
-                sched.step()
-            loss_sum += value * len(yb)
-            # One op per batch; the accuracy is counted once per epoch.
-            torch.argmax(logits.detach(), 1, out=predicted[rows])
-            bar.update()
-            if b % 20 == 0:
-                done = min((b + 1) * batch, n)
-                rate = done / (time.perf_counter() - epoch_start)
-                bar.set_postfix(loss=f"{loss_sum / done:.3f}", img_s=f"{rate:,.0f}")
-        bar.close()
+        train_loss, train_acc = train_epoch(model, opt, sched, x_epoch, y_train[order], cfg, gen, epoch)
         val_scores = score(model, x_val, y_val, cfg)
         seconds = time.perf_counter() - epoch_start
         row = {
             "epoch": epoch,
-            "train_loss": loss_sum / n,
-            "train_acc": (predicted == y_epoch).sum().item() / n,
+            "train_loss": train_loss,
+            "train_acc": train_acc,
             "val_loss": val_scores.loss,
             "val_acc": val_scores.accuracy,
             "lr": opt.param_groups[0]["lr"],
         }
         history.append(row)
         print(
-            f"{cfg.name} epoch {epoch}/{cfg.epochs}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}"
-            f" | val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f} | lr {row['lr']:.2e}"
-            f" | {seconds:.1f} s, {n / seconds:,.0f} img/s",
+            f"{cfg.name} epoch {epoch}/{cfg.epochs}: train loss {train_loss:.4f} acc {train_acc:.4f}"
+            f" | val loss {val_scores.loss:.4f} acc {val_scores.accuracy:.4f} | lr {row['lr']:.2e}"
+            f" | {seconds:.1f} s, {len(x_train) / seconds:,.0f} img/s",
             flush=True,
         )
         if on_epoch:
             on_epoch(row)
-        if val_scores.accuracy > best[0]:
-            best = (val_scores.accuracy, epoch, copy.deepcopy(model.state_dict()))
-    model.load_state_dict(best[2])
-    seconds = time.perf_counter() - start
-    return FitResult(model, best[1], history, seconds, precision_name(autocast), device.type)
+        if val_scores.accuracy > best_acc:  # a later tie keeps the earlier epoch
+            best_acc, best_epoch, best_state = val_scores.accuracy, epoch, copy.deepcopy(model.state_dict())
+    model.load_state_dict(best_state)
+    precision = precision_name(resolve_precision(cfg.precision, device))
+    return FitResult(model, best_epoch, history, time.perf_counter() - start, precision, device.type)
 
 
 def checkpoint(result: FitResult, cfg: MLPParams | CNNParams) -> dict:
@@ -313,10 +333,6 @@ def checkpoint(result: FitResult, cfg: MLPParams | CNNParams) -> dict:
         "device": result.device,
         "state_dict": state,
     }
-
-
-def save_checkpoint(path: str | Path, result: FitResult, cfg: MLPParams | CNNParams) -> None:
-    save_torch(path, checkpoint(result, cfg))
 
 
 def _check_finite(path: str | Path, name: str, state: dict[str, torch.Tensor]) -> None:

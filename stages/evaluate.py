@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-if not __package__:  # started as a file path, where `import stages` would end in a traceback
-    raise SystemExit("error: run the stages from the repository root as `python -m stages.evaluate`")
-
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,10 +9,10 @@ import pandas as pd
 import torch
 
 from stages.data import CLASS_NAMES, load_split
-from stages.engine import load_checkpoint, score, seed_everything, to_inputs
+from stages.engine import load_checkpoint, score, to_inputs, untrained_model
 from stages.errors import entry_point
 from stages.files import all_or_nothing
-from stages.models import build_model, count_parameters
+from stages.models import count_parameters
 from stages.params import MODELS, NUM_CLASSES
 
 
@@ -47,10 +44,9 @@ def evaluate_model(name: str) -> Evaluation:
     device = torch.device("cpu")
     x_test, y_test = to_inputs(test.images, cfg, device), torch.from_numpy(test.labels)
     tested = score(model, x_test, y_test, cfg)
-    seed_everything(cfg.seed, device)  # the same initial weights training started from
-    untrained = score(build_model(cfg), x_test, y_test, cfg)
+    untrained = score(untrained_model(cfg, device)[0], x_test, y_test, cfg)
 
-    probs = tested.logits.softmax(1)
+    probs = tested.log_probs.softmax(1)
     predicted = probs.argmax(1).numpy()
     classes = per_class(confusion(test.labels, predicted))
     # Short, model-prefixed names: `dvc exp show` columns read `cnn.test_acc`, `mlp.test_acc`. No wall-clock
@@ -82,13 +78,10 @@ def main() -> None:
     results = {name: evaluate_model(name) for name in MODELS}
     with all_or_nothing() as outputs:
         for name, result in results.items():
-            outputs.write_with(
-                f"plots/{name}/per_class.csv",
-                lambda tmp, r=result: r.per_class.to_csv(tmp, index=False, float_format="%.4f"),
-            )
-            outputs.write_with(
-                f"plots/{name}/predictions.csv", lambda tmp, r=result: r.predictions.to_csv(tmp, index=False)
-            )
+            with outputs.writing(f"plots/{name}/per_class.csv") as tmp:
+                result.per_class.to_csv(tmp, index=False, float_format="%.4f")
+            with outputs.writing(f"plots/{name}/predictions.csv") as tmp:
+                result.predictions.to_csv(tmp, index=False)
             outputs.write_json(f"metrics/{name}.json", result.metrics)
 
 

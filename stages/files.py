@@ -19,11 +19,14 @@ import shutil
 import stat
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 from stages import errors
 from stages.errors import UserError
@@ -114,23 +117,28 @@ class Outputs:
             errors.PLANNED[:] = [p for p in errors.PLANNED if p != str(final)] + [str(final)]
         return self.pending[final]
 
-    def write_with(self, final: str | Path, writer: Callable[[Path], None]) -> None:
+    @contextlib.contextmanager
+    def writing(self, final: str | Path) -> Iterator[Path]:
+        """`with outputs.writing(final) as tmp:` write `tmp` (pandas, numpy, matplotlib take a path); an OS error
+        names `final`, the file the user knows, rather than its temporary."""
         tmp = self.path(final)
         try:
-            writer(tmp)
+            yield tmp
         except OSError as exc:
             if exc.filename in (None, str(tmp), tmp):
                 exc.filename = str(final)
             raise
 
     def write_text(self, final: str | Path, text: str) -> None:
-        self.write_with(final, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        with self.writing(final) as tmp:
+            tmp.write_text(text, encoding="utf-8")
 
     def write_json(self, final: str | Path, obj: Any) -> None:
         self.write_text(final, to_json(final, obj))
 
     def save_torch(self, final: str | Path, obj: Any) -> None:
-        self.write_with(final, lambda tmp: _save_torch_to(tmp, obj))
+        with self.writing(final) as tmp:
+            _save_torch_to(tmp, obj)
 
     def _commit(self) -> None:
         # No signal between two renames: a stage's outputs change together. A signal that arrives meanwhile
@@ -205,15 +213,11 @@ def all_or_nothing() -> Iterator[Outputs]:
         outputs._discard()
 
 
-def write_with(path: str | Path, writer: Callable[[Path], None]) -> None:
-    """One output on its own, created atomically by a writer that takes a path (pandas, numpy, matplotlib)."""
-    with all_or_nothing() as outputs:
-        outputs.write_with(path, writer)
-
-
-def write_text(path: str | Path, text: str) -> None:
-    with all_or_nothing() as outputs:
-        outputs.write_text(path, text)
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """One output on its own: `with atomic_path(path) as tmp:` write `tmp`, renamed to `path` if the block ends well."""
+    with all_or_nothing() as outputs, outputs.writing(path) as tmp:
+        yield tmp
 
 
 def write_json(path: str | Path, obj: Any) -> None:
@@ -253,6 +257,11 @@ def _save_torch_to(path: Path, obj: Any) -> None:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     path.write_bytes(buffer.getvalue())
+
+
+def save_png(fig: Figure, path: Path, dpi: int = 100) -> None:
+    """A Matplotlib figure as PNG without Matplotlib's version in its metadata: the same inputs, the same bytes."""
+    fig.savefig(path, format="png", dpi=dpi, metadata={"Software": None})
 
 
 def not_a_regular_file(path: Path) -> str | None:

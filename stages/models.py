@@ -5,13 +5,24 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from stages.params import IMAGE_SIDE, NUM_CLASSES, CNNParams, MLPParams, ParamsError, feature_side
+from stages.params import (
+    ACTIVATIONS,
+    IMAGE_SIDE,
+    NUM_CLASSES,
+    POOLS,
+    CNNParams,
+    MLPParams,
+    ParamsError,
+    feature_side,
+)
 
 # Far beyond this project's models (0.5M parameters, 20M activations a batch), far below a machine's memory.
 MAX_PARAMETERS = 100_000_000
 MAX_ACTIVATIONS = 1_000_000_000  # values a training batch keeps for the backward pass (4 GB in float32)
 
-ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
+
+def activation(cfg: MLPParams | CNNParams) -> nn.Module:
+    return getattr(nn, ACTIVATIONS[cfg.activation])()
 
 
 def build_mlp(cfg: MLPParams) -> nn.Sequential:
@@ -21,7 +32,7 @@ def build_mlp(cfg: MLPParams) -> nn.Sequential:
         layers.append(nn.Linear(width, size, bias=not cfg.batch_norm))
         if cfg.batch_norm:
             layers.append(nn.BatchNorm1d(size))
-        layers.append(ACTIVATIONS[cfg.activation]())
+        layers.append(activation(cfg))
         if cfg.dropout:
             layers.append(nn.Dropout(cfg.dropout))
         width = size
@@ -33,7 +44,7 @@ def build_cnn(cfg: CNNParams) -> nn.Sequential:
     """Blocks of conv -> pool -> BN -> activation: pooling first runs BN and the activation on a 4x smaller map."""
     layers: list[nn.Module] = []
     channels = 1
-    pool = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}.get(cfg.pool)
+    pool = getattr(nn, POOLS[cfg.pool]) if POOLS[cfg.pool] else None
     padding = cfg.kernel_size // 2 if cfg.padding == "same" else 0
     for out in cfg.channels:
         layers.append(nn.Conv2d(channels, out, cfg.kernel_size, padding=padding, bias=not cfg.batch_norm))
@@ -41,12 +52,12 @@ def build_cnn(cfg: CNNParams) -> nn.Sequential:
             layers.append(pool(2))
         if cfg.batch_norm:
             layers.append(nn.BatchNorm2d(out))
-        layers.append(ACTIVATIONS[cfg.activation]())
+        layers.append(activation(cfg))
         channels = out
     layers.append(nn.Flatten())
     width = channels * feature_side(cfg) ** 2
     if cfg.fc:
-        layers += [nn.Linear(width, cfg.fc), ACTIVATIONS[cfg.activation]()]
+        layers += [nn.Linear(width, cfg.fc), activation(cfg)]
         width = cfg.fc
     if cfg.dropout:
         layers.append(nn.Dropout(cfg.dropout))

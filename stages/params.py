@@ -17,7 +17,16 @@ from stages.errors import UserError
 
 IMAGE_SIDE = 28
 NUM_CLASSES = 10
-TRAIN_IMAGES = 60_000
+TRAIN_IMAGES = 60_000  # the official splits
+TEST_IMAGES = 10_000
+# The names params.yaml may use for a choice, with the torch.nn or torch.optim class each one builds: the rules
+# below and the builders (models.py, engine.py) both read these, so a choice is added in one place.
+ACTIVATIONS = {"relu": "ReLU", "gelu": "GELU", "silu": "SiLU", "tanh": "Tanh"}  # torch.nn
+POOLS = {"max": "MaxPool2d", "avg": "AvgPool2d", "none": None}  # torch.nn
+OPTIMIZERS = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}  # torch.optim
+SCHEDULES = ("none", "step", "cosine", "onecycle")  # built by engine.scheduler
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16")
 # Bounds that keep a typo from asking for terabytes or years; far beyond anything this dataset needs.
 MAX_SEED = 2**32 - 1  # numpy's legacy seeding refuses more
 MAX_EPOCHS = 10_000
@@ -93,7 +102,7 @@ FRACTION = Rule(lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)")
 OPEN_FRACTION = Rule(lambda v: _is_number(v) and 0 < v < 1, "a number in (0, 1)")
 BOOL = Rule(lambda v: isinstance(v, bool), "true or false")
 ODD_INT = Rule(lambda v: _is_int(v) and 0 < v <= MAX_KERNEL and v % 2 == 1, f"an odd integer from 1 to {MAX_KERNEL}")
-ACTIVATIONS = _one_of("relu", "gelu", "silu", "tanh")
+ACTIVATION = _one_of(*ACTIVATIONS)
 
 
 def _key(rule: Rule) -> Any:
@@ -142,17 +151,17 @@ class TrainParams:
     epochs: int = _key(_int_in(1, MAX_EPOCHS))
     lr: float = _key(POSITIVE_NUMBER)
     batch_size: int = _key(_int_in(1, TRAIN_IMAGES))
-    optimizer: str = _key(_one_of("sgd", "adam", "adamw"))
+    optimizer: str = _key(_one_of(*OPTIMIZERS))
     dropout: float = _key(FRACTION)
     momentum: float = _key(FRACTION)
     nesterov: bool = _key(BOOL)
     weight_decay: float = _key(NON_NEGATIVE_NUMBER)
-    schedule: str = _key(_one_of("none", "step", "cosine", "onecycle"))
+    schedule: str = _key(_one_of(*SCHEDULES))
     warmup: float = _key(OPEN_FRACTION)
     label_smoothing: float = _key(FRACTION)
     seed: int = _key(SEED)
-    device: str = _key(_one_of("auto", "cpu", "cuda", "mps"))
-    precision: str = _key(_one_of("auto", "fp32", "bf16"))
+    device: str = _key(_one_of(*DEVICES))
+    precision: str = _key(_one_of(*PRECISIONS))
     normalize: Normalize = field(metadata={"section": Normalize})
     augment: Augment = field(metadata={"section": Augment})
     tta: bool = _key(BOOL)
@@ -172,7 +181,7 @@ class TrainParams:
 @dataclass(frozen=True, kw_only=True)
 class MLPParams(TrainParams):
     hidden: list[int] = _key(_sizes(MAX_WIDTH))
-    activation: str = _key(ACTIVATIONS)
+    activation: str = _key(ACTIVATION)
     batch_norm: bool = _key(BOOL)
 
 
@@ -181,9 +190,9 @@ class CNNParams(TrainParams):
     channels: list[int] = _key(_sizes(MAX_CHANNELS))
     kernel_size: int = _key(ODD_INT)
     padding: str = _key(_one_of("same", "valid"))
-    pool: str = _key(_one_of("max", "avg", "none"))
+    pool: str = _key(_one_of(*POOLS))
     batch_norm: bool = _key(BOOL)
-    activation: str = _key(ACTIVATIONS)
+    activation: str = _key(ACTIVATION)
     fc: int = _key(_int_in(0, MAX_WIDTH, "; 0 = none"))
     channels_last: bool = _key(BOOL)
 
@@ -338,6 +347,17 @@ def set_dotted(tree: dict, dotted: str, value: Any) -> None:
     for parent in parents:
         tree = tree[parent]
     tree[key] = value
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested params as dotted keys (`cnn.augment.erase`), the names `dvc exp run -S` and `dvc exp show` use."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def to_dict(cfg: Any) -> dict:

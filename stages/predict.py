@@ -8,9 +8,6 @@ its longest side fitted to 28 px and centred. `--show DIR` writes the 28x28 imag
 
 from __future__ import annotations
 
-if not __package__:  # started as a file path, where `import stages` would end in a traceback
-    raise SystemExit("error: run the stages from the repository root as `python -m stages.predict`")
-
 import argparse
 import json
 import os
@@ -26,9 +23,9 @@ from tabulate import tabulate
 from torch import nn
 
 from stages.data import CLASS_NAMES
-from stages.engine import load_checkpoint, predict_logits, to_inputs
+from stages.engine import load_checkpoint, predict_log_probs, to_inputs
 from stages.errors import UserError, entry_point
-from stages.files import not_a_regular_file, write_with
+from stages.files import atomic_path, not_a_regular_file, save_png
 from stages.params import IMAGE_SIDE, MODELS, NUM_CLASSES, CNNParams, MLPParams
 
 FORMATS = ("PNG", "JPEG")
@@ -349,7 +346,8 @@ def write_show(folder: Path, name: str, picture: np.ndarray, seen: np.ndarray, t
     except OSError as exc:
         raise UserError(f"--show {folder}: cannot create the folder ({exc.strerror})") from None
     files = {"input": str(folder / f"{name}.input.png"), "shown": str(folder / f"{name}.png")}
-    write_with(files["input"], lambda tmp: Image.fromarray(seen).save(tmp, format="PNG"))
+    with atomic_path(files["input"]) as tmp:
+        Image.fromarray(seen).save(tmp, format="PNG")
     fig = Figure(figsize=(7.5, 2.8), layout="constrained")
     photo, model_input, bars = fig.subplots(1, 3, width_ratios=[1, 1, 1.3])
     photo.imshow(picture, cmap="gray" if picture.ndim == 2 else None)
@@ -367,13 +365,14 @@ def write_show(folder: Path, name: str, picture: np.ndarray, seen: np.ndarray, t
     bars.bar_label(bars.containers[0], [f"{p:.1%}" for p in probs], padding=2, fontsize=8)
     bars.set_title(f"prediction: {top[0][0]}", fontsize=9)
     bars.tick_params(axis="x", labelsize=7)
-    write_with(files["shown"], lambda tmp: fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None}))
+    with atomic_path(files["shown"]) as tmp:
+        save_png(fig, tmp)
     return files
 
 
 def classify(model: nn.Module, cfg: MLPParams | CNNParams, images: np.ndarray) -> torch.Tensor:
     """Class probabilities for uint8 (N, 28, 28) images, computed exactly as evaluate computes them."""
-    return predict_logits(model, to_inputs(images, cfg, torch.device("cpu")), cfg).softmax(1)
+    return predict_log_probs(model, to_inputs(images, cfg, torch.device("cpu")), cfg).softmax(1)
 
 
 def check_probabilities(probs: torch.Tensor, name: str) -> None:

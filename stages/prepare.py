@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-if not __package__:  # started as a file path, where `import stages` would end in a traceback
-    raise SystemExit("error: run the stages from the repository root as `python -m stages.prepare`")
-
-import matplotlib
-
-matplotlib.use("Agg")
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
 
 from stages.data import CLASS_NAMES, PREPARED_DIR, Split, find_source, load_raw, save_split, split_train
 from stages.errors import entry_point
-from stages.files import all_or_nothing
+from stages.files import all_or_nothing, save_png
 from stages.params import load_params
 
 SAMPLES_PER_CLASS = 10
@@ -23,9 +17,8 @@ SAMPLES_PER_CLASS = 10
 
 def plot_samples(split: Split, path: Path) -> None:
     """One row per class with its name, the first few images of that class."""
-    fig, axes = plt.subplots(
-        len(CLASS_NAMES), SAMPLES_PER_CLASS, figsize=(SAMPLES_PER_CLASS * 0.9, len(CLASS_NAMES) * 0.95)
-    )
+    fig = Figure(figsize=(SAMPLES_PER_CLASS * 0.9, len(CLASS_NAMES) * 0.95))
+    axes = fig.subplots(len(CLASS_NAMES), SAMPLES_PER_CLASS)
     for cls, row in enumerate(axes):
         picks = np.flatnonzero(split.labels == cls)[:SAMPLES_PER_CLASS]
         for ax, i in zip(row, picks, strict=False):
@@ -36,10 +29,7 @@ def plot_samples(split: Split, path: Path) -> None:
         row[0].set_ylabel(CLASS_NAMES[cls], rotation=0, ha="right", va="center", fontsize=9)
     fig.suptitle("Fashion-MNIST training samples, one row per class")
     fig.tight_layout()
-    try:
-        fig.savefig(path, format="png", dpi=80)
-    finally:
-        plt.close(fig)
+    save_png(fig, path, dpi=80)
 
 
 @entry_point
@@ -53,7 +43,8 @@ def main() -> None:
         folder = outputs.folder(PREPARED_DIR)
         for name, split in (("train", train), ("val", val), ("test", test)):
             save_split(split, name, folder)
-        plot_samples(train, outputs.path("plots/samples.png"))
+        with outputs.writing("plots/samples.png") as tmp:
+            plot_samples(train, tmp)
     sizes = ", ".join(f"{len(s.labels)} {n}" for n, s in (("train", train), ("val", val), ("test", test)))
     print(f"prepare: {source} -> {PREPARED_DIR}/ with {sizes} images")
 

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-if not __package__:  # started as a file path, where `import stages` would end in a traceback
-    raise SystemExit("error: run the stages from the repository root as `python -m stages.report`")
-
 import json
 from pathlib import Path
 
@@ -16,18 +13,17 @@ from matplotlib.ticker import MaxNLocator
 
 from stages.data import CLASS_NAMES, load_split
 from stages.errors import UserError, entry_point
-from stages.files import Outputs, all_or_nothing
-from stages.params import MODELS, read_yaml
+from stages.files import Outputs, all_or_nothing, save_png
+from stages.params import MODELS, NUM_CLASSES, TEST_IMAGES, read_yaml
 
 LABELS = {"mlp": "MLP", "cnn": "CNN"}
+DIFFERENCE = f"{LABELS['cnn']} − {LABELS['mlp']}"  # the row and column that compare the two models
 COLOURS = {"mlp": "#4c78a8", "cnn": "#f58518"}  # the plots page's colours (Vega's first two), so both agree
 SPLITS = {"train": "--", "val": "-"}
 GALLERY = 16
 # DVCLive's per-epoch files (written by train): one TSV per metric, columns `step` (the epoch, from 1) and the
 # metric's last name.
 CURVES = (("train", "loss"), ("train", "acc"), ("val", "loss"), ("val", "acc"))
-# PNG metadata without Matplotlib's version, so the same inputs give the same bytes.
-PNG_METADATA = {"Software": None}
 
 
 def history_path(name: str, split: str, metric: str) -> Path:
@@ -64,14 +60,15 @@ def read_metrics(name: str) -> dict:
 
 
 def _save(outputs: Outputs, fig: Figure, path: str) -> None:
-    outputs.write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100, metadata=PNG_METADATA))
+    with outputs.writing(path) as tmp:
+        save_png(fig, tmp)
 
 
 # --- tables ---
 
 
 def comparison(metrics: dict[str, dict], histories: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """One row per model and a CNN − MLP row only for the measures where a difference means something."""
+    """One row per model, then the CNN − MLP row, filled only for the measures where a difference means something."""
     table = pd.DataFrame(
         {
             LABELS[name]: {
@@ -88,9 +85,9 @@ def comparison(metrics: dict[str, dict], histories: dict[str, pd.DataFrame]) -> 
             for name, m in metrics.items()
         }
     ).T.rename_axis("model")
-    table.loc["CNN − MLP"] = np.nan
+    table.loc[DIFFERENCE] = np.nan
     for col in DIFFERENCES:
-        table.loc["CNN − MLP", col] = table.loc["CNN", col] - table.loc["MLP", col]
+        table.loc[DIFFERENCE, col] = table.loc[LABELS["cnn"], col] - table.loc[LABELS["mlp"], col]
     return table
 
 
@@ -108,7 +105,7 @@ def _format(table: pd.DataFrame) -> pd.DataFrame:
     for col in table.columns:
         whole = col in ("parameters", "epochs", "kept epoch")
         for label, v in table[col].items():
-            diff = label == "CNN − MLP"
+            diff = label == DIFFERENCE
             if isinstance(v, str):
                 out.loc[label, col] = v
             elif pd.isna(v):
@@ -120,15 +117,20 @@ def _format(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def confusion_counts(predictions: pd.DataFrame) -> pd.DataFrame:
-    """Every (actual, predicted) pair in class order with its count, zeros included: 100 rows for the plots page
-    instead of 10,000 predictions."""
-    counts = pd.crosstab(
+def confusion_matrix(predictions: pd.DataFrame) -> pd.DataFrame:
+    """Counts with actual classes as rows and predicted classes as columns, every class in label order."""
+    return pd.crosstab(
         pd.Categorical(predictions["actual"], CLASS_NAMES),
         pd.Categorical(predictions["predicted"], CLASS_NAMES),
         dropna=False,
     )
-    return counts.rename_axis(index="actual", columns="predicted").stack().rename("count").reset_index()
+
+
+def confusion_counts(predictions: pd.DataFrame) -> pd.DataFrame:
+    """Every (actual, predicted) pair in class order with its count, zeros included: 100 rows for the plots page
+    instead of 10,000 predictions."""
+    counts = confusion_matrix(predictions).rename_axis(index="actual", columns="predicted")
+    return counts.stack().rename("count").reset_index()
 
 
 # --- figures ---
@@ -167,11 +169,7 @@ def curves_figure(histories: dict[str, pd.DataFrame], kept: dict[str, int], metr
 
 
 def plot_confusion(outputs: Outputs, predictions: pd.DataFrame, name: str, path: str) -> None:
-    counts = pd.crosstab(
-        pd.Categorical(predictions["actual"], CLASS_NAMES),
-        pd.Categorical(predictions["predicted"], CLASS_NAMES),
-        dropna=False,
-    ).to_numpy()
+    counts = confusion_matrix(predictions).to_numpy()
     share = counts / np.maximum(counts.sum(1, keepdims=True), 1)
     fig = Figure(figsize=(7.5, 6.5), layout="constrained")
     ax = fig.add_subplot()
@@ -202,7 +200,7 @@ def plot_per_class(outputs: Outputs, per_class: dict[str, pd.Series], path: str)
     ax.invert_yaxis()
     low = float(min(s.min() for s in per_class.values()))
     ax.set_xlim(max(0.0, np.floor(low * 10) / 10 - 0.1), 1.04)
-    ax.set_xlabel("test accuracy (share of the class's 1,000 test images recognised)")
+    ax.set_xlabel(f"test accuracy (share of the class's {TEST_IMAGES // NUM_CLASSES:,} test images recognised)")
     ax.set_title("Test accuracy per class (the axis starts above 0)")
     ax.grid(axis="x", alpha=0.3)
     fig.legend(loc="outside lower center", ncols=len(MODELS))
@@ -265,14 +263,14 @@ def markdown(
     return f"""# Fashion-MNIST: MLP vs CNN
 
 Generated by the `report` stage from `metrics/*.json`, `dvclive/*/plots/` and `plots/*/*.csv`; do not edit by hand.
-Test: the official 10,000 test images, never used for training or for choosing the kept epoch.
+Test: the official {TEST_IMAGES:,} test images, never used for training or for choosing the kept epoch.
 
 ## Comparison
 
 {fmt.to_markdown(colalign=("left",) + ("right",) * len(fmt.columns), disable_numparse=True)}
 
 Each model keeps the weights of its epoch with the best validation accuracy (the diamonds on the curves): {kept}.
-The `CNN − MLP` row is filled only where both models were measured on the same images.
+The `{DIFFERENCE}` row is filled only where both models were measured on the same images.
 
 {baseline(metrics, test_labels)}
 
@@ -303,7 +301,7 @@ def main() -> None:
         name: _read_table(Path("plots") / name / "per_class.csv").set_index("class")["accuracy"] for name in MODELS
     }
     classes = pd.DataFrame({f"{LABELS[n]} accuracy": per_class[n] for n in MODELS}).reset_index()
-    classes["CNN − MLP"] = per_class["cnn"].to_numpy() - per_class["mlp"].to_numpy()
+    classes[DIFFERENCE] = per_class["cnn"].to_numpy() - per_class["mlp"].to_numpy()
     test = load_split("test")
     kept = {name: int(m["best_epoch"]) for name, m in metrics.items()}
 
@@ -315,8 +313,8 @@ def main() -> None:
         for name in MODELS:
             plot_confusion(outputs, predictions[name], name, f"plots/confusion_{name}.png")
             plot_mistakes(outputs, predictions[name], test.images, name, f"plots/mistakes_{name}.png")
-            counts = confusion_counts(predictions[name])
-            outputs.write_with(f"plots/{name}/confusion.csv", lambda tmp, c=counts: c.to_csv(tmp, index=False))
+            with outputs.writing(f"plots/{name}/confusion.csv") as tmp:
+                confusion_counts(predictions[name]).to_csv(tmp, index=False)
         table = comparison(metrics, histories)
         outputs.write_text("metrics/report.md", markdown(table, classes, metrics, test.labels, params))
     print("report: metrics/report.md, plots/*.png and plots/*/confusion.csv written")

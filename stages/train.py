@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-if not __package__:  # started as a file path, where `import stages` would end in a traceback
-    raise SystemExit("error: run the stages from the repository root as `python -m stages.train mlp`")
-
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from stages.data import load_split
@@ -18,7 +16,7 @@ from stages.params import MODELS, check_batches, load_params
 LIVE_DIR = "dvclive/{name}"
 
 
-def live_logger(name: str, folder: Path):
+def live_logger(name: str, folder: Path) -> Callable[[dict], None]:
     """A DVCLive logger for one model: per-epoch TSVs and a summary, written into `folder` as each epoch ends.
 
     It never writes dvc.yaml (ours declares its files) and never saves experiments of its own (`dvc exp run`

@@ -1,83 +1,12 @@
-"""Shared fixtures: temporary copies of the project, tiny params, and running its commands."""
+"""Fixtures shared by the test modules: tiny copies of the project, fresh or reproduced."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from stages.params import set_dotted
-
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
-PROJECT_FILES = [
-    "stages",
-    "dvc.yaml",
-    "params.yaml",
-    ".dvcignore",
-    ".dvc/config",
-    ".dvc/.gitignore",
-    ".dvc/plots",
-    ".gitignore",
-]
-TINY = {
-    "data.train_limit": 1000,
-    "data.val_size": 200,
-    **{f"{model}.{key}": value for model in ("mlp", "cnn") for key, value in (("epochs", 1), ("batch_size", 64))},
-}
-
-
-def set_params(project: Path, changes: dict[str, object]) -> None:
-    """Set dotted keys (`cnn.epochs`) in a project's params.yaml."""
-    path = project / "params.yaml"
-    params = yaml.safe_load(path.read_text())
-    for dotted, value in changes.items():
-        set_dotted(params, dotted, value)
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
-
-
-def run(
-    project: Path, *args: str, check: bool = True, env: dict | None = None, timeout: float | None = None
-) -> subprocess.CompletedProcess:
-    """Run a command in the project with the venv first on PATH, as `make` does."""
-    full_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    full_env.update(PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", **(env or {}))
-    # Tiny runs in parallel processes (DVC's queue) oversubscribe 2 cores badly with torch's default threads.
-    full_env.setdefault("OMP_NUM_THREADS", "1")
-    result = subprocess.run(args, cwd=project, env=full_env, capture_output=True, text=True, timeout=timeout)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-    return result
-
-
-def stage(
-    project: Path, name: str, *args: str, check: bool = True, env: dict | None = None, timeout: float | None = None
-) -> subprocess.CompletedProcess:
-    return run(project, sys.executable, "-m", f"stages.{name}", *args, check=check, env=env, timeout=timeout)
-
-
-def make_project(dest: Path) -> Path:
-    """Copy the project's code, params and DVC config into a fresh git repository, with tiny params."""
-    dest.mkdir(parents=True)
-    for name in PROJECT_FILES:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
-        elif src.exists():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(src, dest / name)
-    set_params(dest, TINY)
-    run(dest, "git", "init", "-q")
-    run(dest, "git", "config", "user.email", "test@example.com")
-    run(dest, "git", "config", "user.name", "test")
-    run(dest, "git", "add", "-A")
-    run(dest, "git", "commit", "-qm", "Tiny project")
-    return dest
+from tests.helpers import make_project, run
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import pytest
 
 from benchmarks.bench import check_targets, round_ratios
 from benchmarks.notebook import notebook_params, overrides
-from tests.conftest import ROOT, run
+from tests.helpers import ROOT, run
 
 pytestmark = pytest.mark.slow
 

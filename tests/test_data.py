@@ -24,7 +24,7 @@ from stages.data import (
     stratified_sample,
 )
 from stages.params import DataParams
-from tests.conftest import set_params, stage
+from tests.helpers import set_params, stage
 
 
 @pytest.fixture(scope="module")

@@ -11,28 +11,28 @@ import torch
 from stages import engine
 from stages.data import Split
 from stages.engine import (
+    EVAL_BATCH,
     HISTORY_COLUMNS,
     Diverged,
     augment,
+    build_optimizer,
+    build_scheduler,
+    checkpoint,
     fit,
     load_checkpoint,
+    predict_log_probs,
     resolve_device,
     resolve_precision,
-    save_checkpoint,
+    score,
+    to_inputs,
+    untrained_model,
 )
 from stages.errors import UserError
+from stages.files import save_torch
 from stages.models import build_model
-from stages.params import parse_section
-from tests.test_models import notebook
-from tests.test_params import DEFAULTS
+from tests.helpers import notebook, tiny_cfg
 
 CPU = torch.device("cpu")
-
-
-def tiny_cfg(name: str, **changes):
-    cfg = parse_section(name, DEFAULTS[name])
-    # float32, as the oracles these tests compare with: `auto` would train in bfloat16 on AMX machines.
-    return dataclasses.replace(cfg, **{"device": "cpu", "epochs": 1, "batch_size": 64, "precision": "fp32", **changes})
 
 
 @pytest.fixture(scope="module")
@@ -104,12 +104,12 @@ def test_divergence_stops_with_a_clear_message(tiny_data) -> None:
 @pytest.mark.parametrize("name", ["mlp", "cnn"])
 def test_notebook_configs_learn_with_plain_sgd(name, tiny_data) -> None:
     """The notebook's SGD at a constant lr: the validation loss falls every epoch, from the untrained model's."""
-    from stages.engine import score, seed_everything, to_inputs
 
     train, val = tiny_data
     cfg = dataclasses.replace(notebook(name), epochs=3, device="cpu")
-    seed_everything(cfg.seed, CPU)
-    untrained = score(build_model(cfg), to_inputs(val.images, cfg, CPU), torch.from_numpy(val.labels), cfg).loss
+    untrained = score(
+        untrained_model(cfg, CPU)[0], to_inputs(val.images, cfg, CPU), torch.from_numpy(val.labels), cfg
+    ).loss
     history = fit(cfg, train, val, CPU).history
     losses = [untrained] + [row["val_loss"] for row in history]
     assert all(later < earlier for earlier, later in zip(losses, losses[1:], strict=False)), losses
@@ -119,7 +119,7 @@ def test_notebook_configs_learn_with_plain_sgd(name, tiny_data) -> None:
 def test_checkpoint_round_trip(tmp_path, tiny_data) -> None:
     cfg = tiny_cfg("cnn")
     result = fit(cfg, *tiny_data, CPU)
-    save_checkpoint(tmp_path / "cnn.pt", result, cfg)
+    save_torch(tmp_path / "cnn.pt", checkpoint(result, cfg))
     model, loaded, record = load_checkpoint(tmp_path / "cnn.pt", "cnn")
     assert loaded == cfg
     assert record == {"best_epoch": result.best_epoch, "precision": result.precision, "device": "cpu"}
@@ -131,8 +131,8 @@ def test_checkpoint_round_trip(tmp_path, tiny_data) -> None:
 def test_the_same_weights_saved_twice_are_the_same_bytes(tmp_path, tiny_data) -> None:
     cfg = tiny_cfg("mlp")
     result = fit(cfg, *tiny_data, CPU)
-    save_checkpoint(tmp_path / "a.pt", result, cfg)
-    save_checkpoint(tmp_path / "b.pt", result, cfg)
+    save_torch(tmp_path / "a.pt", checkpoint(result, cfg))
+    save_torch(tmp_path / "b.pt", checkpoint(result, cfg))
     assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
 
 
@@ -188,7 +188,7 @@ def test_pickled_code_is_refused_and_never_runs(tmp_path, monkeypatch) -> None:
 def test_checkpoint_whose_shapes_do_not_match_its_params(tmp_path, tiny_data) -> None:
     cfg = tiny_cfg("mlp")
     result = fit(cfg, *tiny_data, CPU)
-    save_checkpoint(tmp_path / "mlp.pt", result, dataclasses.replace(cfg, hidden=[64, 32]))
+    save_torch(tmp_path / "mlp.pt", checkpoint(result, dataclasses.replace(cfg, hidden=[64, 32])))
     with pytest.raises(UserError, match=r"does not match its own mlp params: 1\.\w+ has shape"):
         load_checkpoint(tmp_path / "mlp.pt", "mlp")
 
@@ -212,36 +212,32 @@ def test_unavailable_device_is_a_params_error() -> None:
 
 
 def test_onecycle_keeps_sgd_momentum_as_configured() -> None:
-    from stages.engine import _optimizer, _scheduler
 
     for momentum in (0.0, 0.5):
         cfg = tiny_cfg("mlp", optimizer="sgd", momentum=momentum, schedule="onecycle")
-        opt = _optimizer(build_model(cfg), cfg)
-        _scheduler(opt, cfg, steps=100)
+        opt = build_optimizer(build_model(cfg), cfg)
+        build_scheduler(opt, cfg, steps=100)
         assert {group["momentum"] for group in opt.param_groups} == {momentum}
 
 
 def test_weight_decay_spares_biases_and_without_it_there_is_one_group() -> None:
-    from stages.engine import _optimizer
 
     model = build_model(tiny_cfg("mlp"))
-    decayed = _optimizer(model, tiny_cfg("mlp", weight_decay=0.05)).param_groups
+    decayed = build_optimizer(model, tiny_cfg("mlp", weight_decay=0.05)).param_groups
     assert [g["weight_decay"] for g in decayed] == [0.05, 0.0]
     assert all(p.ndim > 1 for p in decayed[0]["params"]) and all(p.ndim == 1 for p in decayed[1]["params"])
-    plain = _optimizer(model, tiny_cfg("mlp", weight_decay=0.0)).param_groups
+    plain = build_optimizer(model, tiny_cfg("mlp", weight_decay=0.0)).param_groups
     assert len(plain) == 1 and len(plain[0]["params"]) == len(list(model.parameters()))
 
 
 def test_train_accuracy_counts_every_image_of_the_epoch(tiny_data) -> None:
     """With a negligible lr the model stays at its initial weights, so the epoch's running train accuracy
     must equal that model's accuracy on the whole (unshuffled) training split, image for image."""
-    from stages.engine import score, seed_everything, to_inputs
 
     train, val = tiny_data
     cfg = tiny_cfg("mlp", lr=1e-12, dropout=0.0, batch_norm=False, schedule="none", batch_size=96)
     result = fit(cfg, train, val, CPU)
-    seed_everything(cfg.seed, CPU)
-    initial = build_model(cfg)
+    initial, _ = untrained_model(cfg, CPU)
     expected = score(initial, to_inputs(train.images, cfg, CPU), torch.from_numpy(train.labels), cfg).accuracy
     assert 0.0 < expected < 1.0
     assert result.history[0]["train_acc"] == expected
@@ -249,8 +245,6 @@ def test_train_accuracy_counts_every_image_of_the_epoch(tiny_data) -> None:
 
 def test_the_best_epochs_weights_are_kept_not_the_last(tiny_data, monkeypatch) -> None:
     """Validation accuracies 0.5, 0.9, 0.9, 0.7: epoch 2 is kept (a tie later does not replace it)."""
-    from stages import engine
-
     accuracies = iter([0.5, 0.9, 0.9, 0.7])
     snapshots = []
     real_score = engine.score
@@ -268,7 +262,6 @@ def test_the_best_epochs_weights_are_kept_not_the_last(tiny_data, monkeypatch) -
 
 
 def test_tta_averages_the_probabilities_of_the_image_and_its_mirror() -> None:
-    from stages.engine import EVAL_BATCH, predict_logits
 
     cfg = tiny_cfg("mlp", tta=True)
     torch.manual_seed(0)
@@ -276,15 +269,15 @@ def test_tta_averages_the_probabilities_of_the_image_and_its_mirror() -> None:
     x = torch.randn(EVAL_BATCH + 3, 1, 28, 28)  # more than one evaluation batch
     with torch.no_grad():
         plain, mirrored = model(x).softmax(1), model(x.flip(3)).softmax(1)
-    averaged = predict_logits(model, x, cfg).exp()
+    averaged = predict_log_probs(model, x, cfg).exp()
     assert torch.allclose(averaged, (plain + mirrored) / 2, atol=1e-6)
     assert not torch.allclose(averaged, plain, atol=1e-4)
-    assert torch.allclose(predict_logits(model, x, dataclasses.replace(cfg, tta=False)).exp(), plain, atol=1e-6)
+    assert torch.allclose(predict_log_probs(model, x, dataclasses.replace(cfg, tta=False)).exp(), plain, atol=1e-6)
 
 
 def test_a_checkpoint_of_the_other_model_is_refused(tmp_path, tiny_data) -> None:
     cfg = tiny_cfg("mlp")
-    save_checkpoint(tmp_path / "mlp.pt", fit(cfg, *tiny_data, CPU), cfg)
+    save_torch(tmp_path / "mlp.pt", checkpoint(fit(cfg, *tiny_data, CPU), cfg))
     load_checkpoint(tmp_path / "mlp.pt", "mlp")
     with pytest.raises(UserError, match=r"mlp\.pt is not a cnn checkpoint of this project; retrain with `dvc repro"):
         load_checkpoint(tmp_path / "mlp.pt", "cnn")
@@ -295,6 +288,26 @@ def test_nan_weights_are_refused_when_loading(tmp_path, tiny_data) -> None:
     result = fit(cfg, *tiny_data, CPU)
     with torch.no_grad():
         result.model[1].weight[0, 0] = float("nan")
-    save_checkpoint(tmp_path / "mlp.pt", result, cfg)
+    save_torch(tmp_path / "mlp.pt", checkpoint(result, cfg))
     with pytest.raises(UserError, match=r"holds NaN or infinite weights \(1\.weight\); retrain"):
         load_checkpoint(tmp_path / "mlp.pt", "mlp")
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "kind"),
+    [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)],
+)
+@pytest.mark.parametrize(
+    ("schedule", "scheduler"),
+    [
+        ("none", type(None)),
+        ("step", torch.optim.lr_scheduler.MultiStepLR),
+        ("cosine", torch.optim.lr_scheduler.CosineAnnealingLR),
+        ("onecycle", torch.optim.lr_scheduler.OneCycleLR),
+    ],
+)
+def test_each_allowed_optimizer_and_schedule_builds_its_class(optimizer, kind, schedule, scheduler) -> None:
+    cfg = tiny_cfg("mlp", optimizer=optimizer, schedule=schedule)
+    opt = build_optimizer(build_model(cfg), cfg)
+    assert type(opt) is kind and opt.defaults["lr"] == cfg.lr
+    assert type(build_scheduler(opt, cfg, steps=100)) is scheduler

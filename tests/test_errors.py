@@ -12,7 +12,7 @@ import pytest
 
 from stages import errors
 from stages.errors import Interrupted, UserError, entry_point
-from tests.conftest import BIN, ROOT
+from tests.helpers import BIN, ROOT
 
 
 @pytest.fixture(autouse=True)

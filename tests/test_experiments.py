@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run, set_params
+from tests.helpers import run, set_params
 
 pytestmark = pytest.mark.slow
 

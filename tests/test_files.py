@@ -15,8 +15,8 @@ import torch
 
 from stages import errors, files
 from stages.errors import Interrupted, UserError
-from stages.files import all_or_nothing, load_torch, remove_stale_temporaries, write_json, write_with
-from tests.conftest import run
+from stages.files import all_or_nothing, atomic_path, load_torch, remove_stale_temporaries, write_json
+from tests.helpers import run
 
 
 @pytest.fixture(autouse=True)
@@ -27,19 +27,17 @@ def fresh_journal(monkeypatch):
 
 
 def write(path, text: str) -> None:
-    write_with(path, lambda tmp: tmp.write_text(text))
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path) -> None:
     path = tmp_path / "out" / "metrics.json"
     write(path, "old")
 
-    def broken(tmp) -> None:
+    with pytest.raises(KeyboardInterrupt), atomic_path(path) as tmp:
         tmp.write_text("half")
         raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        write_with(path, broken)
     assert path.read_text() == "old"
     assert [p.name for p in path.parent.iterdir()] == ["metrics.json"]
 
@@ -134,11 +132,8 @@ def test_a_signal_during_the_renames_waits_until_all_are_done(tmp_path, monkeypa
 
 
 def test_an_os_error_names_the_output_not_its_temporary(tmp_path) -> None:
-    def full_disk(tmp) -> None:
+    with pytest.raises(OSError) as err, atomic_path(tmp_path / "metrics.json"):
         raise OSError(errno.ENOSPC, "No space left on device")
-
-    with pytest.raises(OSError) as err:
-        write_with(tmp_path / "metrics.json", full_disk)
     assert err.value.filename == str(tmp_path / "metrics.json")
     assert errors.describe_os_error(err.value) == (
         f"{tmp_path / 'metrics.json'}: No space left on device; free some disk space and rerun"

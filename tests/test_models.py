@@ -1,17 +1,13 @@
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
-from benchmarks.notebook import notebook_params
-from stages.models import build_model, count_parameters
-from stages.params import parse_section
-from tests.conftest import ROOT
-from tests.test_params import DEFAULTS, with_change
-
-
-def notebook(name: str):
-    return notebook_params(name, ROOT / "params.yaml")
+from stages.models import build_model, check_size, count_parameters
+from stages.params import ParamsError, parse_section
+from tests.helpers import DEFAULTS, notebook, with_change
 
 
 @pytest.mark.parametrize("name", ["mlp", "cnn"])
@@ -36,3 +32,40 @@ def test_optional_layers_follow_params() -> None:
     assert sum(isinstance(m, torch.nn.Linear) for m in no_fc) == 1
     gelu = build_model(parse_section("cnn", with_change("cnn", "activation", "gelu")))
     assert any(isinstance(m, torch.nn.GELU) for m in gelu)
+
+
+def test_batch_norm_really_fails_on_one_value_per_channel() -> None:
+    mlp = dataclasses.replace(parse_section("mlp", DEFAULTS["mlp"]), batch_norm=True)
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+        build_model(mlp).train()(torch.zeros(1, 1, 28, 28))
+
+
+def test_models_too_large_to_train_are_refused_with_the_keys() -> None:
+    mlp = parse_section("mlp", DEFAULTS["mlp"])
+    check_size(mlp)
+    with pytest.raises(ParamsError, match=r"mlp would have 549,\d{3},\d{3} parameters, .* make mlp\.hidden smaller"):
+        check_size(dataclasses.replace(mlp, hidden=[16384, 16384, 16384]))
+    cnn = parse_section("cnn", DEFAULTS["cnn"])
+    with pytest.raises(ParamsError, match=r"cnn would keep [\d,]+ values per batch of 60000 .* lower cnn\.batch_size"):
+        check_size(dataclasses.replace(cnn, batch_size=60000))
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "layer"),
+    [
+        ("activation", "relu", torch.nn.ReLU),
+        ("activation", "gelu", torch.nn.GELU),
+        ("activation", "silu", torch.nn.SiLU),
+        ("activation", "tanh", torch.nn.Tanh),
+        ("pool", "max", torch.nn.MaxPool2d),
+        ("pool", "avg", torch.nn.AvgPool2d),
+    ],
+)
+def test_each_allowed_name_builds_its_layer(key: str, value: str, layer: type) -> None:
+    model = build_model(parse_section("cnn", with_change("cnn", key, value)))
+    assert any(type(m) is layer for m in model)
+
+
+def test_pool_none_builds_no_pooling() -> None:
+    model = build_model(parse_section("cnn", with_change("cnn", "pool", "none")))
+    assert not any(isinstance(m, (torch.nn.MaxPool2d, torch.nn.AvgPool2d)) for m in model)

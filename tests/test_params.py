@@ -2,11 +2,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import sys
 import time
 
 import pytest
 
+from stages.engine import build_optimizer, build_scheduler
+from stages.models import build_model
 from stages.params import (
     CNNParams,
     DataParams,
@@ -18,15 +19,7 @@ from stages.params import (
     read_yaml,
     set_dotted,
 )
-from tests.conftest import ROOT, run, set_params, stage
-
-DEFAULTS = read_yaml(ROOT / "params.yaml")
-
-
-def with_change(section: str, dotted: str, value: object) -> dict:
-    raw = copy.deepcopy(DEFAULTS[section])
-    set_dotted(raw, dotted, value)
-    return raw
+from tests.helpers import DEFAULTS, ROOT, run, set_params, stage, with_change
 
 
 def test_default_params_load() -> None:
@@ -118,12 +111,6 @@ def test_stage_rejects_bad_params_before_any_work(project) -> None:
     assert result.stderr.strip() == "error: params.yaml: cnn.epochs must be an integer from 1 to 10000, got 'ten'"
     assert "Traceback" not in result.stderr
     assert not (project / "models").exists() and not (project / "plots").exists()
-
-
-def test_stage_started_as_a_file_path_says_how_to_run_it(project) -> None:
-    result = run(project, sys.executable, "stages/train.py", "mlp", check=False)
-    assert result.returncode == 1
-    assert result.stderr.strip() == "error: run the stages from the repository root as `python -m stages.train mlp`"
 
 
 def test_stage_from_another_directory_says_where_to_run(project, tmp_path) -> None:
@@ -273,13 +260,10 @@ def test_params_that_are_not_utf8_or_too_large(tmp_path) -> None:
 
 
 def test_onecycle_needs_two_warm_up_steps() -> None:
-    from stages.engine import _optimizer, _scheduler
-    from stages.models import build_model
-
     cfg = dataclasses.replace(parse_section("mlp", DEFAULTS["mlp"]), epochs=1, batch_size=250, warmup=0.25)
     # 1000 images in batches of 250 are 4 steps, a quarter of them 1: PyTorch would divide by zero.
     with pytest.raises(ZeroDivisionError):
-        _scheduler(_optimizer(build_model(cfg), cfg), cfg, steps=4)
+        build_scheduler(build_optimizer(build_model(cfg), cfg), cfg, steps=4)
     with pytest.raises(ParamsError, match=r"mlp\.warmup 0\.25 of 4 steps .* is 1 warm-up steps, .* at least 2"):
         check_batches(cfg, 1000)
     with pytest.raises(ParamsError, match="of 4 steps"):
@@ -299,25 +283,3 @@ def test_batch_norm_refuses_a_last_batch_of_one_image() -> None:
     one_pixel = dataclasses.replace(cnn, channels=[8, 8, 8, 8])  # 28 -> 14 -> 7 -> 3 -> 1
     with pytest.raises(ParamsError, match=r"cnn\.batch_size 64 leaves a last batch of one image"):
         check_batches(one_pixel, 129)
-
-
-def test_batch_norm_really_fails_on_one_value_per_channel() -> None:
-    import torch
-
-    from stages.models import build_model
-
-    mlp = dataclasses.replace(parse_section("mlp", DEFAULTS["mlp"]), batch_norm=True)
-    with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
-        build_model(mlp).train()(torch.zeros(1, 1, 28, 28))
-
-
-def test_models_too_large_to_train_are_refused_with_the_keys() -> None:
-    from stages.models import check_size
-
-    mlp = parse_section("mlp", DEFAULTS["mlp"])
-    check_size(mlp)
-    with pytest.raises(ParamsError, match=r"mlp would have 549,\d{3},\d{3} parameters, .* make mlp\.hidden smaller"):
-        check_size(dataclasses.replace(mlp, hidden=[16384, 16384, 16384]))
-    cnn = parse_section("cnn", DEFAULTS["cnn"])
-    with pytest.raises(ParamsError, match=r"cnn would keep [\d,]+ values per batch of 60000 .* lower cnn\.batch_size"):
-        check_size(dataclasses.replace(cnn, batch_size=60000))

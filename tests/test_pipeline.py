@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from stages.data import CLASS_NAMES
-from tests.conftest import ROOT, run, set_params
+from tests.helpers import ROOT, run, set_params
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from stages.data import CLASS_NAMES
-from tests.conftest import ROOT, run
+from tests.helpers import ROOT, run
 
 pytestmark = pytest.mark.slow
 
@@ -164,7 +164,7 @@ def test_plots_read_as_a_person_expects(reproduced: Path) -> None:
 
 def test_make_plots_renders_a_diff_of_two_revisions_into_a_clean_folder(reproduced: Path, tmp_path: Path) -> None:
     project = light_copy(reproduced, tmp_path / "project", cache=True)  # the curves of HEAD~1 are in the cache
-    for name in ("Makefile", "requirements.txt", "requirements-dev.txt", str(TEMPLATE)):
+    for name in ("Makefile", "pyproject.toml", "requirements.txt", "requirements-dev.txt", str(TEMPLATE)):
         shutil.copy(ROOT / name, project / name)
     # The venv and the fetched Vega as they are here, so `make plots` installs and fetches nothing.
     (project / ".venv").symlink_to(ROOT / ".venv")

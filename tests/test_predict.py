@@ -20,16 +20,17 @@ import torch
 from PIL import Image
 
 from stages.data import CLASS_NAMES, Split, find_source, load_raw, stratified_sample
-from stages.engine import fit, save_checkpoint
+from stages.engine import checkpoint, fit
 from stages.errors import UserError
+from stages.files import save_torch
 from stages.params import load_params
 from stages.predict import UnreadableImage, clean_mask, parse_args, read_image, show_names, to_fashion_mnist
-from tests.conftest import BIN, ROOT, make_project, run, stage
+from tests.helpers import BIN, ROOT, make_project, run, stage
 from tests.photos import KINDS, RED, graded, shadowed
 
 SAMPLE = 600  # test images per check: enough to see a 3-point accuracy gap, small enough for seconds
 PHOTOS = 200  # test images per kind of photo (six kinds): rendering and separating them takes most of the time
-# How far below the native accuracy each kind may fall (measured gaps, see the README, plus noise).
+# How far below the native accuracy each kind may fall (measured gaps, see docs/tuning.md, plus noise).
 PHOTO_MARGIN = {"plain_white": 0.06, "graded": 0.06, "textured": 0.08, "shadowed": 0.11, "off_centre": 0.06,
                 "dark_backdrop": 0.06}  # fmt: skip
 
@@ -58,7 +59,7 @@ def trained(official, tmp_path_factory) -> Path:
         Split(train.images[val], train.labels[val]),
         torch.device("cpu"),
     )
-    save_checkpoint(project / "models" / "cnn.pt", result, cfg)
+    save_torch(project / "models" / "cnn.pt", checkpoint(result, cfg))
     return project
 
 
@@ -434,7 +435,7 @@ def quick(official, tmp_path_factory) -> Path:
     cfg = dataclasses.replace(load_params("mlp", project / "params.yaml"), epochs=1, device="cpu", precision="fp32")
     fit_on = Split(train.images[:600], train.labels[:600])
     val = Split(train.images[600:700], train.labels[600:700])
-    save_checkpoint(project / "models" / "mlp.pt", fit(cfg, fit_on, val, torch.device("cpu")), cfg)
+    save_torch(project / "models" / "mlp.pt", checkpoint(fit(cfg, fit_on, val, torch.device("cpu")), cfg))
     return project
 
 

@@ -13,7 +13,7 @@ import time
 import pytest
 import torch
 
-from tests.conftest import BIN, run, set_params, stage
+from tests.helpers import BIN, run, set_params, stage
 
 pytestmark = pytest.mark.slow
 
