@@ -25,11 +25,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision import datasets, transforms
 
 from benchmarks.notebook import notebook_params
-from stages.data import RAW_FILES, Split, _file_in, find_source, load_raw
-from stages.engine import fit, resolve_precision
+from stages.data import RAW_FILES, Split, file_in, find_source, load_raw
+from stages.engine import fit, memory_layout, resolve_precision, untrained_model
 from stages.files import write_json
 from stages.models import build_model
-from stages.params import load_params
+from stages.params import IMAGE_SIDE, MODELS, CNNParams, MLPParams, load_params
 
 CPU = torch.device("cpu")
 
@@ -39,13 +39,13 @@ def torchvision_root(source: Path, root: Path) -> Path:
     raw = root / "FashionMNIST" / "raw"
     raw.mkdir(parents=True)
     for name in RAW_FILES:
-        path = _file_in(source, name)
+        path = file_in(source, name)
         data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
         (raw / name).write_bytes(data)
     return root
 
 
-def notebook_loop(cfg, root: Path, batches: int) -> float:
+def notebook_loop(cfg: MLPParams | CNNParams, root: Path, batches: int) -> float:
     """Images per second of the notebook's loop: per-sample transforms, DataLoader, SGD."""
     torch.manual_seed(cfg.seed)
     transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])
@@ -68,7 +68,7 @@ def notebook_loop(cfg, root: Path, batches: int) -> float:
     return seen / (time.perf_counter() - start)
 
 
-def our_loop(cfg, train: Split, batches: int) -> float:
+def our_loop(cfg: MLPParams | CNNParams, train: Split, batches: int) -> float:
     """Images per second of stages.engine.fit on exactly `batches` batches (one epoch, a token val split)."""
     n = batches * cfg.batch_size
     subset = Split(train.images[:n], train.labels[:n])
@@ -78,16 +78,14 @@ def our_loop(cfg, train: Split, batches: int) -> float:
     return n / result.seconds
 
 
-def model_only_loop(cfg, train: Split, batches: int) -> float:
+def model_only_loop(cfg: MLPParams | CNNParams, train: Split, batches: int) -> float:
     """Images per second of the bare forward/backward/SGD step on preloaded tensors: the ceiling any loop
     around this model can reach in eager PyTorch (for the tiny MLP, per-operation overhead dominates)."""
-    torch.manual_seed(cfg.seed)
     n = batches * cfg.batch_size
     x = torch.from_numpy(train.images[:n]).float().div(255).sub(0.5).div(0.5).unsqueeze(1)
+    x = x.contiguous(memory_format=memory_layout(cfg))
     y = torch.from_numpy(train.labels[:n])
-    layout = torch.channels_last if getattr(cfg, "channels_last", False) else torch.contiguous_format
-    x = x.contiguous(memory_format=layout)
-    model = build_model(cfg).to(memory_format=layout)
+    model = untrained_model(cfg, CPU)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr)
     start = time.perf_counter()
     for i in range(0, n, cfg.batch_size):
@@ -98,10 +96,10 @@ def model_only_loop(cfg, train: Split, batches: int) -> float:
     return n / (time.perf_counter() - start)
 
 
-def training_flops(cfg) -> int:
+def training_flops(cfg: MLPParams | CNNParams) -> int:
     """FLOPs of one training step (forward + backward) on one batch, counted by torch."""
     model = build_model(cfg)
-    x = torch.zeros(cfg.batch_size, 1, 28, 28)
+    x = torch.zeros(cfg.batch_size, 1, IMAGE_SIDE, IMAGE_SIDE)
     with FlopCounterMode(display=False) as counter:
         F.cross_entropy(model(x), torch.zeros(cfg.batch_size, dtype=torch.long)).backward()
     return counter.get_total_flops()
@@ -156,7 +154,7 @@ def main() -> None:
 
     source = find_source(load_params("data").raw_dir)
     train, _ = load_raw(source)
-    configs = {name: notebook_params(name) for name in ("mlp", "cnn")}
+    configs = {name: notebook_params(name) for name in MODELS}
     loops = ("notebook", "ours fp32", "ours auto", "model only")
     runs: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -47,13 +47,19 @@ class DataError(UserError):
     pass
 
 
+def confusion(actual: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """Counts of each (actual, predicted) pair of class labels: actual classes as rows, predicted as columns."""
+    pairs = actual.astype(np.int64) * NUM_CLASSES + predicted
+    return np.bincount(pairs, minlength=NUM_CLASSES**2).reshape(NUM_CLASSES, NUM_CLASSES)
+
+
 @dataclass(frozen=True)
 class Split:
     images: np.ndarray  # uint8, (N, 28, 28)
     labels: np.ndarray  # int64, (N,)
 
 
-def _file_in(folder: Path, name: str) -> Path | None:
+def file_in(folder: Path, name: str) -> Path | None:
     for candidate in (folder / name, folder / f"{name}.gz"):
         if candidate.is_file():
             return candidate
@@ -61,7 +67,7 @@ def _file_in(folder: Path, name: str) -> Path | None:
 
 
 def _complete(folder: Path) -> bool:
-    return all(_file_in(folder, name) for name in RAW_FILES)
+    return all(file_in(folder, name) for name in RAW_FILES)
 
 
 def find_source(raw_dir: str | None) -> Path:
@@ -74,7 +80,7 @@ def find_source(raw_dir: str | None) -> Path:
         if value:
             folder = Path(value).expanduser()
             if not _complete(folder):
-                missing = [n for n in RAW_FILES if not _file_in(folder, n)]
+                missing = [n for n in RAW_FILES if not file_in(folder, n)]
                 raise DataError(f"{label} lacks {', '.join(missing)} (.gz or decompressed); fix the path or unset it")
             return folder
     for folder in (RAW_DIR, DEBIAN_DIR):
@@ -89,7 +95,7 @@ def download(target: Path) -> Path:
 
     tried = f"data.raw_dir, {ENV_VAR}, {RAW_DIR}/, {DEBIAN_DIR}/ and a download"
     if target.exists():
-        missing = ", ".join(n for n in RAW_FILES if not _file_in(target, n))
+        missing = ", ".join(n for n in RAW_FILES if not file_in(target, n))
         raise DataError(f"{target}/ lacks {missing}: add the missing files or remove the folder; {HOW_TO_GET}")
     with tempfile.TemporaryDirectory() as tmp:
         try:
@@ -157,7 +163,7 @@ def read_idx(path: Path, name: str) -> np.ndarray:
 
 def load_raw(folder: Path) -> tuple[Split, Split]:
     """The official 60,000 training and 10,000 test images."""
-    arrays = {name: read_idx(_file_in(folder, name), name) for name in RAW_FILES}
+    arrays = {name: read_idx(file_in(folder, name), name) for name in RAW_FILES}
     train = Split(arrays["train-images-idx3-ubyte"], arrays["train-labels-idx1-ubyte"].astype(np.int64))
     test = Split(arrays["t10k-images-idx3-ubyte"], arrays["t10k-labels-idx1-ubyte"].astype(np.int64))
     return train, test

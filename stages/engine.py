@@ -27,6 +27,7 @@ from stages.models import build_model, check_size
 from stages.params import OPTIMIZERS, CNNParams, MLPParams, ParamsError, TrainParams, parse_section, to_dict
 
 EVAL_BATCH = 1000
+MODEL_PATH = "models/{name}.pt"  # where the train stage writes each model, and evaluate and predict read it
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr")
 
 
@@ -73,15 +74,14 @@ def precision_name(dtype: torch.dtype | None) -> str:
     return "bf16" if dtype == torch.bfloat16 else "fp32"
 
 
-def seed_everything(seed: int, device: torch.device) -> torch.Generator:
-    """Seed every RNG and force deterministic kernels; returns the generator for shuffling and augmentation."""
+def seed_everything(seed: int, device: torch.device) -> None:
+    """Seed every global RNG and force deterministic kernels."""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
     # Some CUDA kernels (pooling backward) have no deterministic variant: warn there instead of failing.
     torch.use_deterministic_algorithms(True, warn_only=device.type != "cpu")
-    return torch.Generator().manual_seed(seed)
 
 
 def to_inputs(images: np.ndarray, cfg: TrainParams, device: torch.device) -> torch.Tensor:
@@ -102,8 +102,9 @@ def augment(x: torch.Tensor, cfg: TrainParams, gen: torch.Generator) -> torch.Te
         padded = F.pad(x, (s, s, s, s), value=background)
         dy, dx = (torch.randint(0, 2 * s + 1, (2, n), generator=gen)).to(x.device)
         grid = torch.arange(x.shape[-1], device=x.device)
-        rows = (dy[:, None] + grid)[:, :, None]
-        cols = (dx[:, None] + grid)[:, None, :]
+        rows = (dy[:, None] + grid)[:, :, None]  # (n, 28, 1): the padded rows each image keeps
+        cols = (dx[:, None] + grid)[:, None, :]  # (n, 1, 28)
+        # Indexing broadcasts to (n, 28, 28), one shifted crop per image; back to (n, 1, 28, 28).
         x = padded[torch.arange(n, device=x.device)[:, None, None], 0, rows, cols].unsqueeze(1)
     if cfg.augment.erase:
         x = _erase(x, cfg, gen)
@@ -118,13 +119,14 @@ def _erase(x: torch.Tensor, cfg: TrainParams, gen: torch.Generator) -> torch.Ten
     top = (torch.rand(n, generator=gen) * (side - height + 1)).long()
     left = (torch.rand(n, generator=gen) * (side - width + 1)).long()
     grid = torch.arange(side)
-    rows = (grid >= top[:, None]) & (grid < (top + height)[:, None])
-    cols = (grid >= left[:, None]) & (grid < (left + width)[:, None])
-    mask = (rows[:, :, None] & cols[:, None, :] & chosen[:, None, None]).to(x.device)
+    rows = (grid >= top[:, None]) & (grid < (top + height)[:, None])  # (n, 28): the rows inside the rectangle
+    cols = (grid >= left[:, None]) & (grid < (left + width)[:, None])  # (n, 28)
+    mask = (rows[:, :, None] & cols[:, None, :] & chosen[:, None, None]).to(x.device)  # (n, 28, 28)
     return x.masked_fill(mask[:, None], -cfg.normalize.mean / cfg.normalize.std)
 
 
-def _layout(cfg: TrainParams) -> torch.memory_format:
+def memory_layout(cfg: TrainParams) -> torch.memory_format:
+    """channels_last for a CNN that asks for it: oneDNN's convolutions run faster on it than on NCHW."""
     return torch.channels_last if isinstance(cfg, CNNParams) and cfg.channels_last else torch.contiguous_format
 
 
@@ -136,7 +138,7 @@ def predict_log_probs(model: nn.Module, x: torch.Tensor, cfg: TrainParams) -> to
     learnt both orientations from the flip augmentation, and the average is steadier than either.
     """
     model.eval()
-    layout = _layout(cfg)
+    layout = memory_layout(cfg)
     chunks = []
     for i in range(0, len(x), EVAL_BATCH):
         batch = x[i : i + EVAL_BATCH].contiguous(memory_format=layout)
@@ -192,31 +194,29 @@ def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainParams, steps: int) ->
     return None
 
 
-def untrained_model(cfg: MLPParams | CNNParams, device: torch.device) -> tuple[nn.Module, torch.Generator]:
-    """The network training starts from, and the generator that training then draws from.
-
-    Seeding, then building the model, is the first use of the RNG: the same params always give the same initial
-    weights, which is how evaluate scores the untrained network.
-    """
-    gen = seed_everything(cfg.seed, device)
-    return build_model(cfg).to(device=device, memory_format=_layout(cfg)), gen
+def untrained_model(cfg: MLPParams | CNNParams, device: torch.device) -> nn.Module:
+    """The network training starts from: seeding, then building the model, is the first use of the global RNG,
+    so the same params always give the same initial weights (evaluate scores them as the untrained network)."""
+    seed_everything(cfg.seed, device)
+    return build_model(cfg).to(device=device, memory_format=memory_layout(cfg))
 
 
 def train_epoch(
     model: nn.Module,
-    opt: torch.optim.Optimizer,
-    sched: LRScheduler | None,
     x: torch.Tensor,
     y: torch.Tensor,
+    *,
     cfg: MLPParams | CNNParams,
+    opt: torch.optim.Optimizer,
+    sched: LRScheduler | None,
     gen: torch.Generator,
+    autocast: torch.dtype | None,
     epoch: int,
 ) -> tuple[float, float]:
-    """One pass over the shuffled training images `x` (N, 1, 28, 28), each batch augmented; returns the mean loss
-    and the accuracy on those augmented batches."""
+    """One pass over the shuffled training images `x` (N, 1, 28, 28), each batch augmented, in `autocast` (None:
+    float32); returns the mean loss and the accuracy on those augmented batches."""
     model.train()
-    autocast = resolve_precision(cfg.precision, x.device)
-    layout = _layout(cfg)
+    layout = memory_layout(cfg)
     n, batch = len(x), cfg.batch_size
     predicted = torch.empty_like(y)
     loss_sum = 0.0
@@ -279,7 +279,9 @@ def fit(
 
     `on_epoch` gets each epoch's history row as soon as the epoch ends (live logging).
     """
-    model, gen = untrained_model(cfg, device)
+    model = untrained_model(cfg, device)
+    gen = torch.Generator().manual_seed(cfg.seed)  # shuffling and augmentation: their own stream, seeded alike
+    autocast = resolve_precision(cfg.precision, device)
     x_train, y_train = to_inputs(train.images, cfg, device), torch.from_numpy(train.labels).to(device)
     x_val, y_val = to_inputs(val.images, cfg, device), torch.from_numpy(val.labels).to(device)
     opt = build_optimizer(model, cfg)
@@ -294,31 +296,30 @@ def fit(
         # One shuffled copy per epoch, so that each batch is a contiguous slice rather than a gather.
         order = torch.randperm(len(x_train), generator=gen).to(device)
         torch.index_select(x_train, 0, order, out=x_epoch)
-        train_loss, train_acc = train_epoch(model, opt, sched, x_epoch, y_train[order], cfg, gen, epoch)
-        val_scores = score(model, x_val, y_val, cfg)
-        seconds = time.perf_counter() - epoch_start
-        row = {
-            "epoch": epoch,
-            "train_loss": train_loss,
-            "train_acc": train_acc,
-            "val_loss": val_scores.loss,
-            "val_acc": val_scores.accuracy,
-            "lr": opt.param_groups[0]["lr"],
-        }
-        history.append(row)
-        print(
-            f"{cfg.name} epoch {epoch}/{cfg.epochs}: train loss {train_loss:.4f} acc {train_acc:.4f}"
-            f" | val loss {val_scores.loss:.4f} acc {val_scores.accuracy:.4f} | lr {row['lr']:.2e}"
-            f" | {seconds:.1f} s, {len(x_train) / seconds:,.0f} img/s",
-            flush=True,
+        train_loss, train_acc = train_epoch(
+            model, x_epoch, y_train[order], cfg=cfg, opt=opt, sched=sched, gen=gen, autocast=autocast, epoch=epoch
         )
+        val_scores = score(model, x_val, y_val, cfg)
+        lr = opt.param_groups[0]["lr"]
+        values = (epoch, train_loss, train_acc, val_scores.loss, val_scores.accuracy, lr)
+        row = dict(zip(HISTORY_COLUMNS, values, strict=True))
+        history.append(row)
+        seconds = time.perf_counter() - epoch_start
+        speed = f"{seconds:.1f} s, {len(x_train) / seconds:,.0f} img/s"
+        print(f"{cfg.name} epoch {epoch}/{cfg.epochs}: {_progress(row)} | {speed}", flush=True)
         if on_epoch:
             on_epoch(row)
         if val_scores.accuracy > best_acc:  # a later tie keeps the earlier epoch
             best_acc, best_epoch, best_state = val_scores.accuracy, epoch, copy.deepcopy(model.state_dict())
     model.load_state_dict(best_state)
-    precision = precision_name(resolve_precision(cfg.precision, device))
-    return FitResult(model, best_epoch, history, time.perf_counter() - start, precision, device.type)
+    return FitResult(model, best_epoch, history, time.perf_counter() - start, precision_name(autocast), device.type)
+
+
+def _progress(row: dict) -> str:
+    return (
+        f"train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f} | "
+        f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f} | lr {row['lr']:.2e}"
+    )
 
 
 def checkpoint(result: FitResult, cfg: MLPParams | CNNParams) -> dict:
@@ -377,4 +378,4 @@ def load_checkpoint(path: str | Path, name: str) -> tuple[nn.Module, MLPParams |
     kinds = {"best_epoch": int, "precision": str, "device": str}  # they go into metrics JSON as they are
     if not all(value is None or type(value) is kinds[key] for key, value in record.items()):
         raise UserError(f"{path} carries a malformed training record; retrain with `dvc repro train_{name}`")
-    return model.to(memory_format=_layout(cfg)), cfg, record
+    return model.to(memory_format=memory_layout(cfg)), cfg, record

@@ -8,17 +8,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from stages.data import CLASS_NAMES, load_split
-from stages.engine import load_checkpoint, score, to_inputs, untrained_model
+from stages.data import CLASS_NAMES, confusion, load_split
+from stages.engine import MODEL_PATH, load_checkpoint, score, to_inputs, untrained_model
 from stages.errors import entry_point
 from stages.files import all_or_nothing
 from stages.models import count_parameters
-from stages.params import MODELS, NUM_CLASSES
-
-
-def confusion(actual: np.ndarray, predicted: np.ndarray) -> np.ndarray:
-    """Counts with actual classes as rows and predicted classes as columns."""
-    return np.bincount(actual * NUM_CLASSES + predicted, minlength=NUM_CLASSES**2).reshape(NUM_CLASSES, NUM_CLASSES)
+from stages.params import MODELS
 
 
 def per_class(matrix: np.ndarray) -> pd.DataFrame:
@@ -39,14 +34,16 @@ class Evaluation:
 
 
 def evaluate_model(name: str) -> Evaluation:
-    model, cfg, record = load_checkpoint(f"models/{name}.pt", name)
+    model, cfg, record = load_checkpoint(MODEL_PATH.format(name=name), name)
     test = load_split("test")
+    # On the CPU in float32 wherever training ran: the test metrics of a model are then the same on every machine
+    # that has it (dvc pull), and 10,000 images take seconds.
     device = torch.device("cpu")
     x_test, y_test = to_inputs(test.images, cfg, device), torch.from_numpy(test.labels)
     tested = score(model, x_test, y_test, cfg)
-    untrained = score(untrained_model(cfg, device)[0], x_test, y_test, cfg)
+    untrained = score(untrained_model(cfg, device), x_test, y_test, cfg)
 
-    probs = tested.log_probs.softmax(1)
+    probs = tested.log_probs.softmax(1)  # exp(), renormalised: a TTA average may sum to 1 +- 1e-7
     predicted = probs.argmax(1).numpy()
     classes = per_class(confusion(test.labels, predicted))
     # Short, model-prefixed names: `dvc exp show` columns read `cnn.test_acc`, `mlp.test_acc`. No wall-clock

@@ -23,13 +23,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
+from stages import errors
+from stages.errors import UserError
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
-
-from stages import errors
-from stages.errors import UserError
 
 TEMP_SUFFIX = ".tmp"
 
@@ -102,7 +100,7 @@ class Outputs:
         final = Path(final)
         if final not in self.kept_aside:
             aside = _new_temp(final, folder=True)
-            errors.PLANNED[:] = [p for p in errors.PLANNED if p != str(final)] + [str(final)]
+            _plan(final)
             if final.exists() or final.is_symlink():
                 os.replace(final, aside / final.name)
             self.kept_aside[final] = aside
@@ -114,7 +112,7 @@ class Outputs:
             self.pending[final] = _new_temp(final, folder)
             # Planned again (a second write of the same output) means pending again.
             errors.WRITTEN[:] = [p for p in errors.WRITTEN if p != str(final)]
-            errors.PLANNED[:] = [p for p in errors.PLANNED if p != str(final)] + [str(final)]
+            _plan(final)
         return self.pending[final]
 
     @contextlib.contextmanager
@@ -167,6 +165,11 @@ class Outputs:
                     os.replace(aside / final.name, final)
                 _remove(aside)
         self.kept_aside.clear()
+
+
+def _plan(final: Path) -> None:
+    """Note `final` in the journal of outputs this stage will write (last, if it was there already)."""
+    errors.PLANNED[:] = [p for p in errors.PLANNED if p != str(final)] + [str(final)]
 
 
 def _check_replaceable(tmp: Path, final: Path) -> None:
@@ -225,11 +228,6 @@ def write_json(path: str | Path, obj: Any) -> None:
         outputs.write_json(path, obj)
 
 
-def save_torch(path: str | Path, obj: Any) -> None:
-    with all_or_nothing() as outputs:
-        outputs.save_torch(path, obj)
-
-
 def to_json(path: str | Path, obj: Any) -> str:
     """JSON text, refusing NaN and infinities (which would make the file invalid JSON)."""
     try:
@@ -254,6 +252,8 @@ def _save_torch_to(path: Path, obj: Any) -> None:
     Saved to a path, torch names the zip's records after the file, here a random temporary name; saved to a
     buffer they are always named `archive/`, so identical weights give identical files and DVC hashes.
     """
+    import torch  # here, not at the top: prepare and report, which never touch a model, skip its seconds of import
+
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     path.write_bytes(buffer.getvalue())
@@ -298,6 +298,8 @@ def load_torch(path: str | Path) -> Any:
         # torch.save writes a zip archive (an old one a bare pickle): random bytes are neither, and are no code.
         what = "a truncated or damaged" if _head(path, 4) == b"PK\x03\x04" else "not a"
         raise UserError(f"{path} is {what} PyTorch model file: retrain with `dvc repro`")
+    import torch  # see _save_torch_to
+
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:

@@ -24,7 +24,7 @@ TEST_IMAGES = 10_000
 ACTIVATIONS = {"relu": "ReLU", "gelu": "GELU", "silu": "SiLU", "tanh": "Tanh"}  # torch.nn
 POOLS = {"max": "MaxPool2d", "avg": "AvgPool2d", "none": None}  # torch.nn
 OPTIMIZERS = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}  # torch.optim
-SCHEDULES = ("none", "step", "cosine", "onecycle")  # built by engine.scheduler
+SCHEDULES = ("none", "step", "cosine", "onecycle")  # built by engine.build_scheduler
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
 # Bounds that keep a typo from asking for terabytes or years; far beyond anything this dataset needs.
@@ -42,7 +42,7 @@ _short = reprlib.Repr()
 _short.maxlevel, _short.maxlist, _short.maxdict, _short.maxstring, _short.maxother, _short.maxlong = 3, 8, 8, 60, 60, 40
 
 
-def shown(value: Any) -> str:
+def _shown(value: Any) -> str:
     """A value for an error message, cut short: a nested alias bomb must not make the message gigabytes long."""
     return _short.repr(value)
 
@@ -211,8 +211,9 @@ def feature_side(cfg: CNNParams) -> int:
             side //= 2
         if side < 1:
             raise ParamsError(
-                f"params.yaml: cnn.channels has {len(cfg.channels)} conv blocks, which shrink the 28x28 image "
-                f"below 1x1 at block {block}; use fewer blocks, padding: same, a smaller kernel_size or pool: none"
+                f"params.yaml: cnn.channels has {len(cfg.channels)} conv blocks, which shrink the "
+                f"{IMAGE_SIDE}x{IMAGE_SIDE} image below 1x1 at block {block}; use fewer blocks, padding: same, "
+                "a smaller kernel_size or pool: none"
             )
     return side
 
@@ -243,7 +244,7 @@ MODELS = ("mlp", "cnn")
 
 def _build(cls: type, raw: Any, prefix: str) -> Any:
     if not isinstance(raw, dict):
-        raise ParamsError(f"params.yaml: {prefix} must be a mapping of keys to values, got {shown(raw)}")
+        raise ParamsError(f"params.yaml: {prefix} must be a mapping of keys to values, got {_shown(raw)}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in fields:
@@ -252,14 +253,16 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     for name, f in fields.items():
         key = f"{prefix}.{name}"
         if name not in raw:
-            raise ParamsError(f"params.yaml: {key} is missing; add it (see the README for its meaning)")
+            raise ParamsError(
+                f"params.yaml: {key} is missing; add it (the project's params.yaml shows each key and its meaning)"
+            )
         value = raw[name]
         if "section" in f.metadata:
             values[name] = _build(f.metadata["section"], value, key)
             continue
         rule: Rule = f.metadata["rule"]
         if not rule.ok(value):
-            raise ParamsError(f"params.yaml: {key} must be {rule.allowed}, got {shown(value)}")
+            raise ParamsError(f"params.yaml: {key} must be {rule.allowed}, got {_shown(value)}")
         # YAML integers are valid floats; store them as floats so the dataclass types hold.
         values[name] = float(value) if f.type == "float" else value
     cfg = cls(**values)

@@ -23,7 +23,7 @@ from tabulate import tabulate
 from torch import nn
 
 from stages.data import CLASS_NAMES
-from stages.engine import load_checkpoint, predict_log_probs, to_inputs
+from stages.engine import MODEL_PATH, load_checkpoint, predict_log_probs, to_inputs
 from stages.errors import UserError, entry_point
 from stages.files import atomic_path, not_a_regular_file, save_png
 from stages.params import IMAGE_SIDE, MODELS, NUM_CLASSES, CNNParams, MLPParams
@@ -372,14 +372,14 @@ def write_show(folder: Path, name: str, picture: np.ndarray, seen: np.ndarray, t
 
 def classify(model: nn.Module, cfg: MLPParams | CNNParams, images: np.ndarray) -> torch.Tensor:
     """Class probabilities for uint8 (N, 28, 28) images, computed exactly as evaluate computes them."""
-    return predict_log_probs(model, to_inputs(images, cfg, torch.device("cpu")), cfg).softmax(1)
+    return predict_log_probs(model, to_inputs(images, cfg, torch.device("cpu")), cfg).softmax(1)  # as evaluate
 
 
 def check_probabilities(probs: torch.Tensor, name: str) -> None:
     """A model whose outputs overflow gives NaN probabilities: say so rather than print "nan%"."""
     if not torch.isfinite(probs).all():
         raise UserError(
-            f"models/{name}.pt gives NaN or infinite probabilities (its weights overflow); "
+            f"{MODEL_PATH.format(name=name)} gives NaN or infinite probabilities (its weights overflow); "
             f"retrain with `dvc repro train_{name}`"
         )
 
@@ -407,7 +407,7 @@ def _drop_stdout() -> None:
 @entry_point
 def main() -> None:
     args = parse_args(sys.argv[1:])
-    model, cfg, _ = load_checkpoint(f"models/{args.model}.pt", args.model)
+    model, cfg, _ = load_checkpoint(MODEL_PATH.format(name=args.model), args.model)
     paths, images, pictures = [], [], []
     for path in args.images:
         try:

@@ -11,13 +11,17 @@ import yaml
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from stages.data import CLASS_NAMES, load_split
+from stages.data import CLASS_NAMES, confusion, load_split
 from stages.errors import UserError, entry_point
 from stages.files import Outputs, all_or_nothing, save_png
 from stages.params import MODELS, NUM_CLASSES, TEST_IMAGES, read_yaml
 
 LABELS = {"mlp": "MLP", "cnn": "CNN"}
 DIFFERENCE = f"{LABELS['cnn']} − {LABELS['mlp']}"  # the row and column that compare the two models
+# Accuracy, loss and F1 on the same images compare the models; epochs, the kept epoch and the untrained accuracy
+# describe each run and subtract to nothing.
+DIFFERENCES = ("val accuracy", "test accuracy", "test loss", "test macro-F1")
+COUNTS = ("parameters", "epochs", "kept epoch")  # whole numbers in the comparison table
 COLOURS = {"mlp": "#4c78a8", "cnn": "#f58518"}  # the plots page's colours (Vega's first two), so both agree
 SPLITS = {"train": "--", "val": "-"}
 GALLERY = 16
@@ -95,15 +99,10 @@ def kept_val_acc(history: pd.DataFrame, epoch: int) -> float:
     return float(history.loc[history["epoch"] == epoch, "val_acc"].iloc[0])
 
 
-# Accuracy, loss and F1 on the same images compare the models; epochs, the kept epoch and the untrained accuracy
-# describe each run and subtract to nothing.
-DIFFERENCES = ("val accuracy", "test accuracy", "test loss", "test macro-F1")
-
-
 def _format(table: pd.DataFrame) -> pd.DataFrame:
     out = table.copy().astype(object)
     for col in table.columns:
-        whole = col in ("parameters", "epochs", "kept epoch")
+        whole = col in COUNTS
         for label, v in table[col].items():
             diff = label == DIFFERENCE
             if isinstance(v, str):
@@ -118,12 +117,15 @@ def _format(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def confusion_matrix(predictions: pd.DataFrame) -> pd.DataFrame:
-    """Counts with actual classes as rows and predicted classes as columns, every class in label order."""
-    return pd.crosstab(
-        pd.Categorical(predictions["actual"], CLASS_NAMES),
-        pd.Categorical(predictions["predicted"], CLASS_NAMES),
-        dropna=False,
-    )
+    """evaluate's predictions (class names) as counts, actual classes as rows, predicted as columns."""
+    label_of = {name: label for label, name in enumerate(CLASS_NAMES)}
+    labels = {}
+    for column in ("actual", "predicted"):
+        labels[column] = predictions[column].map(label_of)  # NaN: not a class name
+        if labels[column].isna().any():
+            raise UserError(f"{column} names an unknown class in evaluate's predictions; run `dvc repro evaluate`")
+    counts = confusion(labels["actual"].to_numpy(np.int64), labels["predicted"].to_numpy(np.int64))
+    return pd.DataFrame(counts, index=CLASS_NAMES, columns=CLASS_NAMES)
 
 
 def confusion_counts(predictions: pd.DataFrame) -> pd.DataFrame:
@@ -134,12 +136,6 @@ def confusion_counts(predictions: pd.DataFrame) -> pd.DataFrame:
 
 
 # --- figures ---
-
-
-def plot_curves(
-    outputs: Outputs, histories: dict[str, pd.DataFrame], kept: dict[str, int], metric: str, path: str
-) -> None:
-    _save(outputs, curves_figure(histories, kept, metric), path)
 
 
 def curves_figure(histories: dict[str, pd.DataFrame], kept: dict[str, int], metric: str) -> Figure:
@@ -168,7 +164,7 @@ def curves_figure(histories: dict[str, pd.DataFrame], kept: dict[str, int], metr
     return fig
 
 
-def plot_confusion(outputs: Outputs, predictions: pd.DataFrame, name: str, path: str) -> None:
+def confusion_figure(predictions: pd.DataFrame, name: str) -> Figure:
     counts = confusion_matrix(predictions).to_numpy()
     share = counts / np.maximum(counts.sum(1, keepdims=True), 1)
     fig = Figure(figsize=(7.5, 6.5), layout="constrained")
@@ -183,10 +179,10 @@ def plot_confusion(outputs: Outputs, predictions: pd.DataFrame, name: str, path:
     ax.set_xlabel("predicted")
     ax.set_ylabel("actual")
     ax.set_title(f"{LABELS[name]} confusion matrix, official test set (counts; colour: share of the row)")
-    _save(outputs, fig, path)
+    return fig
 
 
-def plot_per_class(outputs: Outputs, per_class: dict[str, pd.Series], path: str) -> None:
+def per_class_figure(per_class: dict[str, pd.Series]) -> Figure:
     """Test accuracy per class, both models side by side, classes in label order from the top."""
     fig = Figure(figsize=(7.5, 5.2), layout="constrained")
     ax = fig.add_subplot()
@@ -204,10 +200,10 @@ def plot_per_class(outputs: Outputs, per_class: dict[str, pd.Series], path: str)
     ax.set_title("Test accuracy per class (the axis starts above 0)")
     ax.grid(axis="x", alpha=0.3)
     fig.legend(loc="outside lower center", ncols=len(MODELS))
-    _save(outputs, fig, path)
+    return fig
 
 
-def plot_mistakes(outputs: Outputs, predictions: pd.DataFrame, images: np.ndarray, name: str, path: str) -> None:
+def mistakes_figure(predictions: pd.DataFrame, images: np.ndarray, name: str) -> Figure:
     wrong = predictions[predictions["actual"] != predictions["predicted"]]
     worst = wrong.sort_values("probability", ascending=False, kind="stable").head(GALLERY)
     columns = GALLERY // 2
@@ -219,7 +215,7 @@ def plot_mistakes(outputs: Outputs, predictions: pd.DataFrame, images: np.ndarra
         ax.imshow(images[i], cmap="gray", vmin=0, vmax=255)
         ax.set_title(f"true {row.actual}\npred {row.predicted}\n{row.probability:.0%}", fontsize=7)
     fig.suptitle(f"{LABELS[name]}: most confident mistakes on the test set")
-    _save(outputs, fig, path)
+    return fig
 
 
 # --- the report ---
@@ -308,11 +304,11 @@ def main() -> None:
     # All the report's files appear together or not at all: a failure between two figures leaves the old set.
     with all_or_nothing() as outputs:
         for metric, png in (("loss", "loss"), ("acc", "accuracy")):
-            plot_curves(outputs, histories, kept, metric, f"plots/{png}.png")
-        plot_per_class(outputs, per_class, "plots/per_class.png")
+            _save(outputs, curves_figure(histories, kept, metric), f"plots/{png}.png")
+        _save(outputs, per_class_figure(per_class), "plots/per_class.png")
         for name in MODELS:
-            plot_confusion(outputs, predictions[name], name, f"plots/confusion_{name}.png")
-            plot_mistakes(outputs, predictions[name], test.images, name, f"plots/mistakes_{name}.png")
+            _save(outputs, confusion_figure(predictions[name], name), f"plots/confusion_{name}.png")
+            _save(outputs, mistakes_figure(predictions[name], test.images, name), f"plots/mistakes_{name}.png")
             with outputs.writing(f"plots/{name}/confusion.csv") as tmp:
                 confusion_counts(predictions[name]).to_csv(tmp, index=False)
         table = comparison(metrics, histories)

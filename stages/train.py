@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from stages.data import load_split
-from stages.engine import checkpoint, fit, resolve_device
+from stages.engine import MODEL_PATH, checkpoint, fit, resolve_device
 from stages.errors import UserError, entry_point
 from stages.files import all_or_nothing
 from stages.models import check_size
@@ -32,10 +32,9 @@ def live_logger(name: str, folder: Path) -> Callable[[dict], None]:
 
     def log(row: dict) -> None:
         live.step = row["epoch"]
-        for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
-            split, metric = key.split("_")
-            live.log_metric(f"{name}/{split}/{metric}", row[key])
-        live.log_metric(f"{name}/lr", row["lr"])
+        for key, value in row.items():
+            if key != "epoch":
+                live.log_metric(f"{name}/{key.replace('_', '/')}", value)  # cnn/val/acc, cnn/lr
         live.make_summary()
 
     return log
@@ -56,14 +55,14 @@ def main() -> None:
     # end. An interrupted or failed run puts the previous live log back and leaves the model as it was.
     with all_or_nothing() as outputs:
         live_dir = outputs.live_folder(LIVE_DIR.format(name=name))
-        model_path = f"models/{name}.pt"
+        model_path = MODEL_PATH.format(name=name)
         outputs.path(model_path)  # planned now, so that an error during training names it too
         result = fit(cfg, train, val, device, on_epoch=live_logger(name, live_dir))
         outputs.save_torch(model_path, checkpoint(result, cfg))
     best = result.history[result.best_epoch - 1]
     print(
         f"train_{name}: kept epoch {result.best_epoch} of {cfg.epochs} (val acc {best['val_acc']:.4f}) in "
-        f"models/{name}.pt; trained in {result.seconds:.0f} s ({result.precision} on {result.device})"
+        f"{model_path}; trained in {result.seconds:.0f} s ({result.precision} on {result.device})"
     )
 
 

@@ -14,7 +14,9 @@ from pathlib import Path
 import yaml
 
 from benchmarks.notebook import notebook_params
-from stages.params import CNNParams, MLPParams, parse_section, read_yaml, set_dotted
+from stages.engine import FitResult, checkpoint
+from stages.files import all_or_nothing
+from stages.params import MODELS, CNNParams, MLPParams, parse_section, read_yaml, set_dotted
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -31,7 +33,7 @@ PROJECT_FILES = [
 TINY = {
     "data.train_limit": 1000,
     "data.val_size": 200,
-    **{f"{model}.{key}": value for model in ("mlp", "cnn") for key, value in (("epochs", 1), ("batch_size", 64))},
+    **{f"{model}.{key}": value for model in MODELS for key, value in (("epochs", 1), ("batch_size", 64))},
 }
 
 
@@ -103,3 +105,9 @@ def tiny_cfg(name: str, **changes) -> MLPParams | CNNParams:
 def notebook(name: str) -> MLPParams | CNNParams:
     """The original notebook's configuration of one model (benchmarks/notebook.yaml over params.yaml)."""
     return notebook_params(name, ROOT / "params.yaml")
+
+
+def save_model(path: Path, result: FitResult, cfg: MLPParams | CNNParams) -> None:
+    """A trained model's file, written as the train stage writes it."""
+    with all_or_nothing() as outputs:
+        outputs.save_torch(path, checkpoint(result, cfg))

@@ -14,6 +14,7 @@ from stages.data import (
     RAW_FILES,
     DataError,
     Split,
+    confusion,
     find_source,
     load_raw,
     load_split,
@@ -28,7 +29,7 @@ from tests.helpers import set_params, stage
 
 
 @pytest.fixture(scope="module")
-def official() -> Path:
+def official_dir() -> Path:
     """The real dataset, found the way `prepare` finds it (make setup installs Debian's package)."""
     return find_source(None)
 
@@ -41,26 +42,26 @@ def no_defaults(monkeypatch, tmp_path) -> None:
     monkeypatch.delenv(data.ENV_VAR, raising=False)
 
 
-def copy_official(official: Path, dest: Path) -> Path:
+def copy_official(official_dir: Path, dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     for name in RAW_FILES:
-        src = data._file_in(official, name)
+        src = data.file_in(official_dir, name)
         shutil.copy(src, dest / src.name)
     return dest
 
 
-def test_official_files_parse_with_the_right_shapes(official) -> None:
-    train, test = load_raw(official)
+def test_official_files_parse_with_the_right_shapes(official_dir) -> None:
+    train, test = load_raw(official_dir)
     assert train.images.shape == (60000, 28, 28) and train.images.dtype == np.uint8
     assert test.images.shape == (10000, 28, 28)
     assert np.bincount(train.labels).tolist() == [6000] * 10
     assert np.bincount(test.labels).tolist() == [1000] * 10
 
 
-def test_source_order(no_defaults, monkeypatch, official, tmp_path) -> None:
-    raw = copy_official(official, tmp_path / "raw")
-    env = copy_official(official, tmp_path / "env")
-    param = copy_official(official, tmp_path / "param")
+def test_source_order(no_defaults, monkeypatch, official_dir, tmp_path) -> None:
+    raw = copy_official(official_dir, tmp_path / "raw")
+    env = copy_official(official_dir, tmp_path / "env")
+    param = copy_official(official_dir, tmp_path / "param")
     monkeypatch.setattr(data, "RAW_DIR", raw)
     assert find_source(None) == raw
     monkeypatch.setenv(data.ENV_VAR, str(env))
@@ -68,8 +69,8 @@ def test_source_order(no_defaults, monkeypatch, official, tmp_path) -> None:
     assert find_source(str(param)) == param
 
 
-def test_named_source_that_is_broken_is_an_error(no_defaults, monkeypatch, tmp_path, official) -> None:
-    monkeypatch.setattr(data, "DEBIAN_DIR", official)  # a good fallback must not hide the mistake
+def test_named_source_that_is_broken_is_an_error(no_defaults, monkeypatch, tmp_path, official_dir) -> None:
+    monkeypatch.setattr(data, "DEBIAN_DIR", official_dir)  # a good fallback must not hide the mistake
     monkeypatch.setenv(data.ENV_VAR, str(tmp_path / "nowhere"))
     with pytest.raises(DataError, match="FASHION_MNIST_DIR=.*nowhere lacks train-images-idx3-ubyte"):
         find_source(None)
@@ -92,9 +93,9 @@ def test_no_source_lists_every_place_and_the_fixes(no_defaults, monkeypatch) -> 
         assert part in message
 
 
-def test_wrong_checksum_names_file_expected_and_actual(official, tmp_path) -> None:
-    folder = copy_official(official, tmp_path / "raw")
-    path = data._file_in(folder, "t10k-labels-idx1-ubyte")
+def test_wrong_checksum_names_file_expected_and_actual(official_dir, tmp_path) -> None:
+    folder = copy_official(official_dir, tmp_path / "raw")
+    path = data.file_in(folder, "t10k-labels-idx1-ubyte")
     raw = bytearray(gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes())
     raw[-1] ^= 1
     path.unlink()
@@ -184,9 +185,9 @@ def test_prepare_writes_splits_and_samples(project) -> None:
     assert (project / "plots" / "samples.png").stat().st_size > 10_000
 
 
-def test_prepare_with_a_corrupt_source_writes_nothing(project, official, tmp_path) -> None:
-    folder = copy_official(official, tmp_path / "raw")
-    victim = data._file_in(folder, "train-images-idx3-ubyte")
+def test_prepare_with_a_corrupt_source_writes_nothing(project, official_dir, tmp_path) -> None:
+    folder = copy_official(official_dir, tmp_path / "raw")
+    victim = data.file_in(folder, "train-images-idx3-ubyte")
     victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
     set_params(project, {"data.raw_dir": str(folder)})
     result = stage(project, "prepare", check=False)
@@ -284,3 +285,12 @@ def test_prepare_failing_between_its_writes_leaves_every_output_as_it_was(projec
     assert [p.name for p in (project / "data").iterdir()] == ["prepared"]
     assert [p.name for p in (project / "plots").iterdir()] == ["samples.png"]
     assert errors.outputs_note() == "nothing was written (data/prepared and plots/samples.png are as before)"
+
+
+def test_confusion_rows_are_actual_classes_and_columns_predicted() -> None:
+    actual = np.array([0, 0, 0, 1, 2])
+    predicted = np.array([1, 1, 0, 1, 9])
+    matrix = confusion(actual, predicted)
+    assert matrix.shape == (10, 10) and matrix.sum() == 5
+    assert matrix[0, 1] == 2 and matrix[1, 0] == 0  # two 0s taken for 1s; a transposed matrix swaps these
+    assert matrix[0, 0] == 1 and matrix[1, 1] == 1 and matrix[2, 9] == 1 and matrix[9, 2] == 0

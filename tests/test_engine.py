@@ -17,7 +17,6 @@ from stages.engine import (
     augment,
     build_optimizer,
     build_scheduler,
-    checkpoint,
     fit,
     load_checkpoint,
     predict_log_probs,
@@ -28,9 +27,8 @@ from stages.engine import (
     untrained_model,
 )
 from stages.errors import UserError
-from stages.files import save_torch
 from stages.models import build_model
-from tests.helpers import notebook, tiny_cfg
+from tests.helpers import notebook, save_model, tiny_cfg
 
 CPU = torch.device("cpu")
 
@@ -104,11 +102,10 @@ def test_divergence_stops_with_a_clear_message(tiny_data) -> None:
 @pytest.mark.parametrize("name", ["mlp", "cnn"])
 def test_notebook_configs_learn_with_plain_sgd(name, tiny_data) -> None:
     """The notebook's SGD at a constant lr: the validation loss falls every epoch, from the untrained model's."""
-
     train, val = tiny_data
     cfg = dataclasses.replace(notebook(name), epochs=3, device="cpu")
     untrained = score(
-        untrained_model(cfg, CPU)[0], to_inputs(val.images, cfg, CPU), torch.from_numpy(val.labels), cfg
+        untrained_model(cfg, CPU), to_inputs(val.images, cfg, CPU), torch.from_numpy(val.labels), cfg
     ).loss
     history = fit(cfg, train, val, CPU).history
     losses = [untrained] + [row["val_loss"] for row in history]
@@ -119,7 +116,7 @@ def test_notebook_configs_learn_with_plain_sgd(name, tiny_data) -> None:
 def test_checkpoint_round_trip(tmp_path, tiny_data) -> None:
     cfg = tiny_cfg("cnn")
     result = fit(cfg, *tiny_data, CPU)
-    save_torch(tmp_path / "cnn.pt", checkpoint(result, cfg))
+    save_model(tmp_path / "cnn.pt", result, cfg)
     model, loaded, record = load_checkpoint(tmp_path / "cnn.pt", "cnn")
     assert loaded == cfg
     assert record == {"best_epoch": result.best_epoch, "precision": result.precision, "device": "cpu"}
@@ -131,8 +128,8 @@ def test_checkpoint_round_trip(tmp_path, tiny_data) -> None:
 def test_the_same_weights_saved_twice_are_the_same_bytes(tmp_path, tiny_data) -> None:
     cfg = tiny_cfg("mlp")
     result = fit(cfg, *tiny_data, CPU)
-    save_torch(tmp_path / "a.pt", checkpoint(result, cfg))
-    save_torch(tmp_path / "b.pt", checkpoint(result, cfg))
+    save_model(tmp_path / "a.pt", result, cfg)
+    save_model(tmp_path / "b.pt", result, cfg)
     assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
 
 
@@ -188,7 +185,7 @@ def test_pickled_code_is_refused_and_never_runs(tmp_path, monkeypatch) -> None:
 def test_checkpoint_whose_shapes_do_not_match_its_params(tmp_path, tiny_data) -> None:
     cfg = tiny_cfg("mlp")
     result = fit(cfg, *tiny_data, CPU)
-    save_torch(tmp_path / "mlp.pt", checkpoint(result, dataclasses.replace(cfg, hidden=[64, 32])))
+    save_model(tmp_path / "mlp.pt", result, dataclasses.replace(cfg, hidden=[64, 32]))
     with pytest.raises(UserError, match=r"does not match its own mlp params: 1\.\w+ has shape"):
         load_checkpoint(tmp_path / "mlp.pt", "mlp")
 
@@ -237,7 +234,7 @@ def test_train_accuracy_counts_every_image_of_the_epoch(tiny_data) -> None:
     train, val = tiny_data
     cfg = tiny_cfg("mlp", lr=1e-12, dropout=0.0, batch_norm=False, schedule="none", batch_size=96)
     result = fit(cfg, train, val, CPU)
-    initial, _ = untrained_model(cfg, CPU)
+    initial = untrained_model(cfg, CPU)
     expected = score(initial, to_inputs(train.images, cfg, CPU), torch.from_numpy(train.labels), cfg).accuracy
     assert 0.0 < expected < 1.0
     assert result.history[0]["train_acc"] == expected
@@ -277,7 +274,7 @@ def test_tta_averages_the_probabilities_of_the_image_and_its_mirror() -> None:
 
 def test_a_checkpoint_of_the_other_model_is_refused(tmp_path, tiny_data) -> None:
     cfg = tiny_cfg("mlp")
-    save_torch(tmp_path / "mlp.pt", checkpoint(fit(cfg, *tiny_data, CPU), cfg))
+    save_model(tmp_path / "mlp.pt", fit(cfg, *tiny_data, CPU), cfg)
     load_checkpoint(tmp_path / "mlp.pt", "mlp")
     with pytest.raises(UserError, match=r"mlp\.pt is not a cnn checkpoint of this project; retrain with `dvc repro"):
         load_checkpoint(tmp_path / "mlp.pt", "cnn")
@@ -288,7 +285,7 @@ def test_nan_weights_are_refused_when_loading(tmp_path, tiny_data) -> None:
     result = fit(cfg, *tiny_data, CPU)
     with torch.no_grad():
         result.model[1].weight[0, 0] = float("nan")
-    save_torch(tmp_path / "mlp.pt", checkpoint(result, cfg))
+    save_model(tmp_path / "mlp.pt", result, cfg)
     with pytest.raises(UserError, match=r"holds NaN or infinite weights \(1\.weight\); retrain"):
         load_checkpoint(tmp_path / "mlp.pt", "mlp")
 

@@ -148,14 +148,14 @@ def test_report_failing_between_its_figures_leaves_every_output_as_it_was(reprod
     before = {name: (copy / name).read_bytes() for name in outputs}
     (copy / "plots" / "loss.png").write_bytes(b"stale")  # a write that went through would replace it
     before["plots/loss.png"] = b"stale"
-    real = report.plot_mistakes
+    real = report.mistakes_figure
 
-    def fail_for_the_cnn(outputs, predictions, images, name, path):
+    def fail_for_the_cnn(predictions, images, name):
         if name == "cnn":  # the curves, per-class figure and the MLP's files are written to temporaries by then
             raise OSError(28, "No space left on device")
-        real(outputs, predictions, images, name, path)
+        return real(predictions, images, name)
 
-    monkeypatch.setattr(report, "plot_mistakes", fail_for_the_cnn)
+    monkeypatch.setattr(report, "mistakes_figure", fail_for_the_cnn)
     with pytest.raises(OSError):
         report.main.__wrapped__()
     assert {name: (copy / name).read_bytes() for name in outputs} == before

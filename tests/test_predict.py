@@ -20,12 +20,11 @@ import torch
 from PIL import Image
 
 from stages.data import CLASS_NAMES, Split, find_source, load_raw, stratified_sample
-from stages.engine import checkpoint, fit
+from stages.engine import fit
 from stages.errors import UserError
-from stages.files import save_torch
 from stages.params import load_params
 from stages.predict import UnreadableImage, clean_mask, parse_args, read_image, show_names, to_fashion_mnist
-from tests.helpers import BIN, ROOT, make_project, run, stage
+from tests.helpers import BIN, ROOT, make_project, run, save_model, stage
 from tests.photos import KINDS, RED, graded, shadowed
 
 SAMPLE = 600  # test images per check: enough to see a 3-point accuracy gap, small enough for seconds
@@ -36,20 +35,20 @@ PHOTO_MARGIN = {"plain_white": 0.06, "graded": 0.06, "textured": 0.08, "shadowed
 
 
 @pytest.fixture(scope="module")
-def official() -> tuple[Split, Split]:
+def official_splits() -> tuple[Split, Split]:
     """The real training and test images, found the way `prepare` finds them."""
     return load_raw(find_source(None))
 
 
 @pytest.fixture(scope="module")
-def trained(official, tmp_path_factory) -> Path:
+def trained(official_splits, tmp_path_factory) -> Path:
     """A project whose CNN learnt from 6,000 training images for two epochs (about 82 % accurate).
 
     The tiny pipeline's models get about 65 %: their mistakes are so many that accuracies move by points
     between two renderings of the same image, which would hide what this module measures.
     """
     project = make_project(tmp_path_factory.mktemp("predict") / "project")
-    train, _ = official
+    train, _ = official_splits
     pick = stratified_sample(train.labels, 6500, np.random.default_rng(0))
     fit_on, val = pick[:6000], pick[6000:]
     cfg = dataclasses.replace(load_params("cnn", project / "params.yaml"), epochs=2, batch_size=256, device="cpu")
@@ -59,7 +58,7 @@ def trained(official, tmp_path_factory) -> Path:
         Split(train.images[val], train.labels[val]),
         torch.device("cpu"),
     )
-    save_torch(project / "models" / "cnn.pt", checkpoint(result, cfg))
+    save_model(project / "models" / "cnn.pt", result, cfg)
     return project
 
 
@@ -93,14 +92,14 @@ def header_only_png(path: Path, width: int, height: int) -> Path:
 # --- Fashion-MNIST's own format ---
 
 
-def test_every_fashion_mnist_image_passes_through_unchanged(official) -> None:
-    for split in official:
+def test_every_fashion_mnist_image_passes_through_unchanged(official_splits) -> None:
+    for split in official_splits:
         for image in split.images:
             assert to_fashion_mnist(image) is image
 
 
-def test_negatives_are_inverted_back(official) -> None:
-    _, test = official
+def test_negatives_are_inverted_back(official_splits) -> None:
+    _, test = official_splits
     images = test.images[np.random.default_rng(0).choice(len(test.images), 500, replace=False)]
     back = np.stack([to_fashion_mnist(255 - image) for image in images])
     # Not exact: the trimming drops the faintest edge pixels, and fitting again resamples.
@@ -124,15 +123,15 @@ MODES: dict[str, Callable[[np.ndarray], Image.Image]] = {
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_every_mode_of_a_native_image_reads_the_same(official, tmp_path, mode) -> None:
-    image = official[1].images[0]
+def test_every_mode_of_a_native_image_reads_the_same(official_splits, tmp_path, mode) -> None:
+    image = official_splits[1].images[0]
     path = save(tmp_path / "image.png", MODES[mode](image))
     assert np.array_equal(to_fashion_mnist(read_image(path)), image)
 
 
 @pytest.mark.parametrize("mode", ["RGBA", "LA"])
-def test_transparent_pixels_become_the_white_background(official, tmp_path, mode) -> None:
-    image = official[1].images[0]
+def test_transparent_pixels_become_the_white_background(official_splits, tmp_path, mode) -> None:
+    image = official_splits[1].images[0]
     negative = 255 - image
     rng = np.random.default_rng(0)
     cutout = np.dstack([negative, negative, negative, np.where(image > 0, 255, 0)]).astype(np.uint8)
@@ -174,8 +173,8 @@ def test_the_odd_pixel_of_margin_goes_above_and_left(transpose) -> None:
 
 
 @pytest.mark.parametrize(("fmt", "ext"), [("GIF", "gif"), ("BMP", "bmp"), ("TIFF", "tif"), ("WEBP", "webp")])
-def test_only_png_and_jpeg_are_read(official, tmp_path, fmt, ext) -> None:
-    image = Image.fromarray(official[1].images[0])
+def test_only_png_and_jpeg_are_read(official_splits, tmp_path, fmt, ext) -> None:
+    image = Image.fromarray(official_splits[1].images[0])
     with pytest.raises(UnreadableImage, match=r"^not a PNG or JPEG image$"):
         read_image(save(tmp_path / f"image.{ext}", image, format=fmt))
     # What counts is the content, not the name: a PNG called .jpg is read.
@@ -228,10 +227,10 @@ def correlation(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_photos_give_back_the_test_image(official, tmp_path, kind) -> None:
+def test_photos_give_back_the_test_image(official_splits, tmp_path, kind) -> None:
     """Separated from its backdrop and fitted to the frame, a photographed garment is its test image again; a
     backdrop kept as part of the item would shrink and shift it and break the match."""
-    _, test = official
+    _, test = official_splits
     rng = np.random.default_rng(4)
     scores = []
     for i in rng.choice(len(test.labels), 20, replace=False):
@@ -240,9 +239,9 @@ def test_photos_give_back_the_test_image(official, tmp_path, kind) -> None:
     assert np.median(scores) > 0.85 and min(scores) > 0.4, np.round(scores, 3)
 
 
-def test_the_issues_red_t_shirt_fills_the_frame(official, tmp_path) -> None:
+def test_the_issues_red_t_shirt_fills_the_frame(official_splits, tmp_path) -> None:
     # The picture that came out as `Bag 58 %`: a red T-shirt on a light, grainy, graded backdrop.
-    _, test = official
+    _, test = official_splits
     shirt = test.images[np.flatnonzero(test.labels == 0)[0]]
     path = save(tmp_path / "red-t-shirt.jpg", graded(shirt, np.random.default_rng(7), RED), quality=85)
     seen = to_fashion_mnist(read_image(path))
@@ -251,8 +250,8 @@ def test_the_issues_red_t_shirt_fills_the_frame(official, tmp_path) -> None:
     assert correlation(seen, shirt) > 0.9
 
 
-def test_a_shadow_is_not_part_of_the_item(official, tmp_path) -> None:
-    _, test = official
+def test_a_shadow_is_not_part_of_the_item(official_splits, tmp_path) -> None:
+    _, test = official_splits
     boot = test.images[np.flatnonzero(test.labels == 9)[0]]
     path = save(tmp_path / "shadow.jpg", shadowed(boot, np.random.default_rng(1)), quality=85)
     # With the shadow kept as part of the boot (no shadow rule) this picture gives 0.76; with it, 0.89.
@@ -328,7 +327,7 @@ def product_photo(image: np.ndarray, rng: np.random.Generator) -> Image.Image:
     return canvas
 
 
-def off_centre(image: np.ndarray, rng: np.random.Generator) -> Image.Image:
+def off_centre_on_black(image: np.ndarray, rng: np.random.Generator) -> Image.Image:
     canvas = np.zeros((48, 48), dtype=np.uint8)
     top, left = rng.integers(0, 21, 2)
     canvas[top : top + 28, left : left + 28] = image
@@ -344,7 +343,7 @@ FORMS = {
     "enlarged": (enlarged, "png"),
     "dark_on_white": (dark_on_white, "png"),
     "product_photo": (product_photo, "jpg"),
-    "off_centre": (off_centre, "png"),
+    "off_centre_on_black": (off_centre_on_black, "png"),
     "cutout": (cutout, "png"),
 }
 
@@ -367,14 +366,14 @@ def accuracy_per_form(
 
 @pytest.mark.slow
 @pytest.mark.long
-def test_other_forms_of_the_test_images_are_as_accurate(official, trained, tmp_path) -> None:
-    accuracy = accuracy_per_form(trained, official[1], FORMS, SAMPLE, 2, tmp_path)
+def test_other_forms_of_the_test_images_are_as_accurate(official_splits, trained, tmp_path) -> None:
+    accuracy = accuracy_per_form(trained, official_splits[1], FORMS, SAMPLE, 2, tmp_path)
     assert all(accuracy[form] >= accuracy["native"] - 0.03 for form in FORMS), accuracy
 
 
 @pytest.mark.slow
-def test_bad_files_are_one_line_each_and_the_rest_is_classified(official, trained, tmp_path) -> None:
-    image = official[1].images[0]
+def test_bad_files_are_one_line_each_and_the_rest_is_classified(official_splits, trained, tmp_path) -> None:
+    image = official_splits[1].images[0]
     good = [save(tmp_path / "good.png", image), save(tmp_path / "good.jpg", Image.fromarray(255 - image), quality=95)]
     (tmp_path / "empty.png").touch()
     (tmp_path / "notes.png").write_text("not a picture\n")
@@ -399,8 +398,8 @@ def test_bad_files_are_one_line_each_and_the_rest_is_classified(official, traine
 
 
 @pytest.mark.slow
-def test_table_shows_the_top_k(official, trained, tmp_path) -> None:
-    path = save(tmp_path / "boot.png", official[1].images[0])
+def test_table_shows_the_top_k(official_splits, trained, tmp_path) -> None:
+    path = save(tmp_path / "boot.png", official_splits[1].images[0])
     out = stage(trained, "predict", str(path), "--top", "5").stdout.splitlines()
     label = out[0].removeprefix(f"{path}: ")
     rows = [line.rsplit(None, 1) for line in out[3:]]
@@ -411,8 +410,8 @@ def test_table_shows_the_top_k(official, trained, tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_json_top_k_is_sorted_and_sums_to_one(official, trained, tmp_path) -> None:
-    path = save(tmp_path / "boot.png", official[1].images[0])
+def test_json_top_k_is_sorted_and_sums_to_one(official_splits, trained, tmp_path) -> None:
+    path = save(tmp_path / "boot.png", official_splits[1].images[0])
     (result,) = predict_json(trained, [path], "--top", "10", "--model", "cnn")
     names, probs = zip(*result["top"], strict=True)
     assert sorted(names) == sorted(CLASS_NAMES) and result["label"] == names[0] and result["probability"] == probs[0]
@@ -429,13 +428,13 @@ def test_a_missing_model_says_to_run_dvc_repro(project) -> None:
 
 
 @pytest.fixture(scope="module")
-def quick(official, tmp_path_factory) -> Path:
+def quick(official_splits, tmp_path_factory) -> Path:
     project = make_project(tmp_path_factory.mktemp("quick") / "project")
-    train, _ = official
+    train, _ = official_splits
     cfg = dataclasses.replace(load_params("mlp", project / "params.yaml"), epochs=1, device="cpu", precision="fp32")
     fit_on = Split(train.images[:600], train.labels[:600])
     val = Split(train.images[600:700], train.labels[600:700])
-    save_torch(project / "models" / "mlp.pt", checkpoint(fit(cfg, fit_on, val, torch.device("cpu")), cfg))
+    save_model(project / "models" / "mlp.pt", fit(cfg, fit_on, val, torch.device("cpu")), cfg)
     return project
 
 
@@ -446,9 +445,9 @@ def predict_process(project: Path, *args: str, **popen) -> subprocess.Popen:
 
 
 @pytest.mark.slow
-def test_a_fifo_among_the_images_does_not_hang_the_others(official, quick, tmp_path) -> None:
+def test_a_fifo_among_the_images_does_not_hang_the_others(official_splits, quick, tmp_path) -> None:
     os.mkfifo(tmp_path / "fifo.png")
-    good = save(tmp_path / "good.png", official[1].images[0])
+    good = save(tmp_path / "good.png", official_splits[1].images[0])
     paths = (str(tmp_path / "fifo.png"), str(good))
     result = stage(quick, "predict", "--model", "mlp", "--json", *paths, check=False, timeout=120)
     assert result.returncode == 1
@@ -460,8 +459,8 @@ def test_a_fifo_among_the_images_does_not_hang_the_others(official, quick, tmp_p
 
 
 @pytest.mark.slow
-def test_a_full_stdout_is_one_line(official, quick, tmp_path) -> None:
-    good = save(tmp_path / "good.png", official[1].images[0])
+def test_a_full_stdout_is_one_line(official_splits, quick, tmp_path) -> None:
+    good = save(tmp_path / "good.png", official_splits[1].images[0])
     with open("/dev/full", "w") as full:
         proc = predict_process(quick, str(good), stdout=full)
         stderr = proc.communicate(timeout=120)[1]
@@ -470,8 +469,8 @@ def test_a_full_stdout_is_one_line(official, quick, tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_a_reader_that_stops_early_ends_predict_quietly(official, quick, tmp_path) -> None:
-    good = save(tmp_path / "good.png", official[1].images[0])
+def test_a_reader_that_stops_early_ends_predict_quietly(official_splits, quick, tmp_path) -> None:
+    good = save(tmp_path / "good.png", official_splits[1].images[0])
     proc = predict_process(quick, str(good), stdout=subprocess.PIPE)
     proc.stdout.close()  # as `| head -0` would
     stderr = proc.communicate(timeout=120)[1]
@@ -479,14 +478,14 @@ def test_a_reader_that_stops_early_ends_predict_quietly(official, quick, tmp_pat
 
 
 @pytest.mark.slow
-def test_a_model_whose_outputs_overflow_says_so(official, quick, tmp_path) -> None:
+def test_a_model_whose_outputs_overflow_says_so(official_splits, quick, tmp_path) -> None:
     checkpoint = torch.load(quick / "models" / "mlp.pt", weights_only=True)
     last_weight = list(checkpoint["state_dict"])[-2]  # the output layer: finite weights, infinite logits
     checkpoint["state_dict"][last_weight] = torch.full_like(checkpoint["state_dict"][last_weight], 3e38)
     overflow = make_project(tmp_path / "overflow")
     (overflow / "models").mkdir()
     torch.save(checkpoint, overflow / "models" / "mlp.pt")
-    good = save(tmp_path / "good.png", official[1].images[0])
+    good = save(tmp_path / "good.png", official_splits[1].images[0])
     result = stage(overflow, "predict", "--model", "mlp", str(good), check=False)
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr == (
@@ -496,8 +495,8 @@ def test_a_model_whose_outputs_overflow_says_so(official, quick, tmp_path) -> No
 
 
 @pytest.mark.slow
-def test_show_writes_what_the_model_saw_and_it_predicts_the_same(official, trained, tmp_path) -> None:
-    _, test = official
+def test_show_writes_what_the_model_saw_and_it_predicts_the_same(official_splits, trained, tmp_path) -> None:
+    _, test = official_splits
     photo = save(tmp_path / "red-t-shirt.jpg", graded(test.images[0], np.random.default_rng(7), RED), quality=85)
     native = save(tmp_path / "boot.png", test.images[0])
     (first, second) = predict_json(trained, [photo, native], "--show", str(tmp_path / "seen"), "--top", "10")
@@ -519,9 +518,9 @@ def test_show_writes_what_the_model_saw_and_it_predicts_the_same(official, train
 
 
 @pytest.mark.slow
-def test_show_into_a_file_is_one_line(trained, tmp_path, official) -> None:
+def test_show_into_a_file_is_one_line(trained, tmp_path, official_splits) -> None:
     (tmp_path / "taken").write_text("a file, not a folder")
-    path = save(tmp_path / "boot.png", official[1].images[0])
+    path = save(tmp_path / "boot.png", official_splits[1].images[0])
     result = stage(trained, "predict", str(path), "--show", str(tmp_path / "taken"), check=False)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.startswith(f"error: --show {tmp_path / 'taken'}: cannot create the folder")
@@ -529,8 +528,8 @@ def test_show_into_a_file_is_one_line(trained, tmp_path, official) -> None:
 
 @pytest.mark.slow
 @pytest.mark.long
-def test_photos_are_classified_nearly_as_well_as_the_test_images(official, trained, tmp_path) -> None:
+def test_photos_are_classified_nearly_as_well_as_the_test_images(official_splits, trained, tmp_path) -> None:
     """Each kind of product photo (tests/photos.py) against the same test images in their native form."""
     kinds = {kind: (render, "jpg") for kind, render in KINDS.items()}
-    accuracy = accuracy_per_form(trained, official[1], kinds, PHOTOS, 5, tmp_path, quality=85)
+    accuracy = accuracy_per_form(trained, official_splits[1], kinds, PHOTOS, 5, tmp_path, quality=85)
     assert all(accuracy[kind] >= accuracy["native"] - PHOTO_MARGIN[kind] for kind in KINDS), accuracy

@@ -13,7 +13,7 @@ from PIL import Image
 from stages import report
 from stages.data import CLASS_NAMES
 from stages.errors import UserError
-from stages.files import all_or_nothing
+from stages.files import save_png
 
 METRICS = {
     "mlp": {"test_acc": 0.9018, "test_loss": 0.3473, "test_f1": 0.9014, "untrained_acc": 0.1018, "params": 535818,
@@ -89,13 +89,18 @@ def test_confusion_counts_are_every_pair_in_class_order() -> None:
     assert list(counts["actual"].iloc[::10]) == list(CLASS_NAMES)
     assert list(counts["predicted"].iloc[:10]) == list(CLASS_NAMES)
     assert counts["count"].sum() == 500 and (counts.loc[counts["predicted"] == "Bag", "count"] == 0).all()
+    assert counts.loc[(counts["actual"] == "Bag") & (counts["predicted"] == "Coat"), "count"].item() == (
+        ((predictions["actual"] == "Bag") & (predictions["predicted"] == "Coat")).sum()
+    )
+    unknown = predictions.assign(predicted=predictions["predicted"].replace("Coat", "Hat"))
+    with pytest.raises(UserError, match="^predicted names an unknown class in evaluate's predictions"):
+        report.confusion_counts(unknown)
 
 
 def test_figures_are_byte_identical_and_carry_no_version(tmp_path) -> None:
     per_class = {m: pd.Series(np.linspace(0.7, 0.99, 10), index=CLASS_NAMES) for m in ("mlp", "cnn")}
     for name in ("a", "b"):
-        with all_or_nothing() as outputs:
-            report.plot_per_class(outputs, per_class, str(tmp_path / f"{name}.png"))
+        save_png(report.per_class_figure(per_class), tmp_path / f"{name}.png")
     assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
     assert "Software" not in Image.open(tmp_path / "a.png").info
 
@@ -108,8 +113,7 @@ def test_mistakes_gallery_has_no_blank_strip(tmp_path) -> None:
     })  # fmt: skip
     images = rng.integers(1, 256, (200, 28, 28)).astype(np.uint8)
     path = tmp_path / "mistakes.png"
-    with all_or_nothing() as outputs:
-        report.plot_mistakes(outputs, predictions, images, "mlp", str(path))
+    save_png(report.mistakes_figure(predictions, images, "mlp"), path)
     pixels = np.asarray(Image.open(path).convert("L"))
     blank_rows = np.flatnonzero((pixels > 250).all(1))
     # The bottom row of pictures ends within a few pixels of the figure's edge.
