@@ -177,7 +177,8 @@ def test_make_plots_renders_a_diff_of_two_revisions_into_a_clean_folder(reproduc
     (project / "dvc_plots").mkdir(exist_ok=True)
     (project / "dvc_plots" / "stale.html").write_text("from an earlier run")
 
-    run(project, "make", "--no-print-directory", "plots", "REVS=HEAD~1 HEAD")
+    # `-o setup`: the symlinked venv is this checkout's, and a setup run here would install the copy into it.
+    run(project, "make", "--no-print-directory", "-o", "setup", "plots", "REVS=HEAD~1 HEAD")
     page = project / "dvc_plots" / "index.html"
     assert not (project / "dvc_plots" / "stale.html").exists() and not (project / "dvc_plots.tmp").exists()
     html = page.read_text()
