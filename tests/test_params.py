@@ -278,8 +278,8 @@ def test_batch_norm_refuses_a_last_batch_of_one_image() -> None:
         check_batches(mlp, 129)
     check_batches(mlp, 130)
     check_batches(dataclasses.replace(mlp, batch_norm=False), 129)
-    cnn = dataclasses.replace(parse_section("cnn", DEFAULTS["cnn"]), batch_size=64, schedule="none")
+    cnn = dataclasses.replace(parse_section("cnn", DEFAULTS["cnn"]), batch_size=64, schedule="none", channels=[8, 8, 8])
     check_batches(cnn, 129)  # its last batch norm sees 3x3 maps: 9 values per channel even for one image
-    one_pixel = dataclasses.replace(cnn, channels=[8, 8, 8, 8])  # 28 -> 14 -> 7 -> 3 -> 1
+    one_pixel = dataclasses.replace(cnn, channels=[8, 8, 8, 8])  # 28 -> 14 -> 7 -> 3 -> 1, like the default
     with pytest.raises(ParamsError, match=r"cnn\.batch_size 64 leaves a last batch of one image"):
         check_batches(one_pixel, 129)
