@@ -42,7 +42,7 @@ def official_splits() -> tuple[Split, Split]:
 
 @pytest.fixture(scope="module")
 def trained(official_splits, tmp_path_factory) -> Path:
-    """A project whose CNN learnt from 6,000 training images for two epochs (about 82 % accurate).
+    """A project whose CNN learnt from 6,000 training images for two epochs (about 75 % accurate).
 
     The tiny pipeline's models get about 65 %: their mistakes are so many that accuracies move by points
     between two renderings of the same image, which would hide what this module measures.
