@@ -119,7 +119,7 @@ IMAGES ?=
 MODEL ?= cnn
 SHOW ?=
 predict: $(if $(strip $(IMAGES)),setup,predict-usage)
-	$(BIN)/python -m stages.predict $(IMAGES) --model $(MODEL) $(if $(strip $(SHOW)),--show $(SHOW))
+	@$(BIN)/python -m stages.predict $(IMAGES) --model $(MODEL) $(if $(strip $(SHOW)),--show $(SHOW))
 
 .PHONY: predict-usage
 predict-usage:

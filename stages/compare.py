@@ -83,8 +83,8 @@ def table(rows: list[Row], markdown: bool = False, width: int = WIDTH) -> str:
         cells.append(", ".join(f"{key}={json.dumps(row.params.get(key))}" for key in changed))
         body.append(cells)
     align = ("left",) + ("right",) * (len(headers) - 2) + ("left",)
-    if markdown:
-        return tabulate(body, headers, tablefmt="github", disable_numparse=True, colalign=align)
+    if markdown:  # "pipe" marks the alignment in the divider, so GitHub right-aligns the numbers too
+        return tabulate(body, headers, tablefmt="pipe", disable_numparse=True, colalign=align)
     # Wrap the params column so the whole table fits the width: no cell is ever cut short. Its share is what
     # the other columns leave, found by rendering (tabulate pads headers by rules of its own).
     params_width = width

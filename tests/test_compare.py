@@ -83,4 +83,8 @@ def test_a_long_params_column_wraps_instead_of_being_cut() -> None:
 def test_markdown_for_a_pull_request() -> None:
     lines = table(rows_from_exp_show(SHOWN), markdown=True).splitlines()
     assert lines[0].startswith("| experiment") and set(lines[1]) <= set("|-: ")
+    # GitHub aligns a column by the divider's colons: names and params left, the numbers right.
+    divider = lines[1].strip("|").split("|")
+    assert divider[0].startswith(":") and divider[-1].startswith(":")
+    assert all(cell.endswith(":") and not cell.startswith(":") for cell in divider[1:-1])
     assert len(lines) == 2 + 4

@@ -181,7 +181,9 @@ def test_a_team_shares_experiments_models_and_the_run_cache(experimented: tuple[
     run(first, "gto", "register", "cnn", "--version", "v1.0.0")
     run(first, "git", "push", "-q", "origin", "cnn@v1.0.0")
     run(tmp_path, "dvc", "artifacts", "get", git_remote, "cnn", "-o", str(tmp_path / "cnn.pt"))
+    run(tmp_path, "dvc", "artifacts", "get", git_remote, "cnn", "--rev", "v1.0.0", "-o", str(tmp_path / "v1.pt"))
     assert (tmp_path / "cnn.pt").read_bytes() == (second / "models" / "cnn.pt").read_bytes()
+    assert (tmp_path / "v1.pt").read_bytes() == (second / "models" / "cnn.pt").read_bytes()
     # The same params the first clone ran: restored from the shared run-cache, not trained again.
     run(second, "dvc", "pull", "--run-cache")
     set_params(second, {"cnn.epochs": 2})

@@ -274,6 +274,14 @@ def test_make_predict_without_images_says_how_to_pass_them() -> None:
     assert "Traceback" not in result.stderr and result.stdout == ""
 
 
+def test_make_predict_prints_only_what_predict_prints(tmp_path) -> None:
+    """The README shows `make predict` output starting with the answer, so make must not echo the command."""
+    missing = tmp_path / "missing.png"
+    result = run(ROOT, "make", "--no-print-directory", "-o", "setup", "predict", f"IMAGES={missing}", check=False)
+    assert result.returncode != 0 and result.stdout == ""
+    assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize("side", [10_000, 20_000])  # Pillow warns above 89 megapixels and refuses above 179
 def test_decompression_bombs_are_refused_from_the_header(tmp_path, side) -> None:
     with pytest.raises(UnreadableImage, match="decompression bomb"):
