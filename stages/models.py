@@ -74,22 +74,28 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def check_size(cfg: MLPParams | CNNParams) -> None:
-    """Refuse a model too large to train here, measured without allocating it (on PyTorch's meta device)."""
-    activations = []
-    with torch.device("meta"):
+    """Refuse a model too large to train here, before any of it is allocated for real."""
+    with torch.device("meta"):  # parameters without memory: an oversized model is counted, never allocated
         model = build_model(cfg)
-        for layer in model:
-            layer.register_forward_hook(lambda _layer, _inputs, out: activations.append(out.numel()))
-        model(torch.empty(cfg.batch_size, 1, IMAGE_SIDE, IMAGE_SIDE))
     sizes = f"{cfg.name}.hidden" if isinstance(cfg, MLPParams) else f"{cfg.name}.channels or {cfg.name}.fc"
     if count_parameters(model) > MAX_PARAMETERS:
         raise ParamsError(
             f"params.yaml: {cfg.name} would have {count_parameters(model):,} parameters, more than the "
             f"{MAX_PARAMETERS:,} this project allows; make {sizes} smaller"
         )
-    if sum(activations) > MAX_ACTIVATIONS:
+    # Within that limit the model is small enough to materialise, uninitialised (no random numbers drawn), and
+    # run on one image: every layer's output grows with the batch, so one image's outputs times the batch size
+    # are what a batch keeps. (A forward pass on the meta device would spend a second warming up.)
+    model = model.to_empty(device="cpu").eval()
+    per_image = []
+    for layer in model:
+        layer.register_forward_hook(lambda _layer, _inputs, out: per_image.append(out.numel()))
+    with torch.no_grad():
+        model(torch.zeros(1, 1, IMAGE_SIDE, IMAGE_SIDE))
+    kept = sum(per_image) * cfg.batch_size
+    if kept > MAX_ACTIVATIONS:
         raise ParamsError(
-            f"params.yaml: {cfg.name} would keep {sum(activations):,} values per batch of {cfg.batch_size} for the "
+            f"params.yaml: {cfg.name} would keep {kept:,} values per batch of {cfg.batch_size} for the "
             f"backward pass, more than the {MAX_ACTIVATIONS:,} this project allows; lower {cfg.name}.batch_size "
             f"or make {sizes} smaller"
         )
