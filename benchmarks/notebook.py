@@ -9,15 +9,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from stages.params import flatten, parse_section, read_yaml, set_dotted
 
 OVERLAY = Path(__file__).with_name("notebook.yaml")
 
 
 def overrides() -> dict[str, Any]:
-    return flatten(yaml.safe_load(OVERLAY.read_text()))
+    return flatten(read_yaml(OVERLAY))
 
 
 def notebook_params(section: str, params: str | Path = "params.yaml") -> Any:

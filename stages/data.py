@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from stages.errors import UserError
+from stages.files import atomic_path
 from stages.params import IMAGE_SIDE, NUM_CLASSES, TEST_IMAGES, TRAIN_IMAGES, DataParams
 
 CLASS_NAMES = (
@@ -191,19 +192,19 @@ def split_train(train: Split, cfg: DataParams) -> tuple[Split, Split]:
 
 
 def save_split(split: Split, name: str, folder: Path) -> None:
-    """Into a folder that `all_or_nothing` handed out. Plain .npy: byte-identical for identical arrays, so DVC
-    sees no change when nothing changed."""
+    """Plain .npy files in `folder`: byte-identical for identical arrays, so DVC sees no change when nothing
+    changed."""
     for kind, array in (("images", split.images), ("labels", split.labels)):
         _save_npy(folder / f"{name}_{kind}.npy", array)
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    with open(path, "wb") as f:  # a file object, because np.save appends .npy to a bare path
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.save appends .npy to a bare path
         np.save(f, array)
 
 
 def load_split(name: str, folder: Path = PREPARED_DIR, mmap: bool = False) -> Split:
-    """A prepared split; with `mmap` the images stay on disk until they are touched."""
+    """A prepared split, checked to be what prepare writes; with `mmap` the images stay on disk until touched."""
     try:
         images = np.load(folder / f"{name}_images.npy", allow_pickle=False, mmap_mode="r" if mmap else None)
         labels = np.load(folder / f"{name}_labels.npy", allow_pickle=False)
@@ -211,4 +212,13 @@ def load_split(name: str, folder: Path = PREPARED_DIR, mmap: bool = False) -> Sp
         raise DataError(
             f"cannot read the prepared {name} split in {folder}/ ({exc}); run `dvc repro prepare`"
         ) from None
+    problem = None
+    if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (IMAGE_SIDE, IMAGE_SIDE):
+        problem = f"images are {images.dtype} {images.shape}, not uint8 (N, {IMAGE_SIDE}, {IMAGE_SIDE})"
+    elif labels.dtype != np.int64 or labels.shape != images.shape[:1]:
+        problem = f"labels are {labels.dtype} {labels.shape} for {len(images)} images, not int64 ({len(images)},)"
+    elif len(labels) and not 0 <= labels.min() <= labels.max() < NUM_CLASSES:
+        problem = f"labels run from {labels.min()} to {labels.max()}, outside 0-{NUM_CLASSES - 1}"
+    if problem:
+        raise DataError(f"the prepared {name} split in {folder}/ is damaged ({problem}); run `dvc repro prepare`")
     return Split(images, labels)

@@ -1,8 +1,8 @@
-"""User-facing errors: one line on stderr, a non-zero exit, never a traceback.
+"""How every entry point stops: one `error:` line on stderr, a non-zero exit code, never a traceback.
 
-Every way a stage can stop (a user error, Ctrl-C or SIGTERM, an OS error such as a full disk) ends in one
-`error:` line that also says which outputs were written and which were left as they were (the journal below,
-kept by `stages.files.all_or_nothing`).
+What a failed or interrupted stage leaves is DVC's business: `dvc repro` removes a stage's outputs before it runs
+the stage and records nothing in dvc.lock for one that failed, so the next `dvc repro` runs it again. Run by hand,
+each file a stage writes is either the old one or the new one (`stages.files.atomic_path`).
 """
 
 from __future__ import annotations
@@ -11,12 +11,18 @@ import contextlib
 import errno
 import functools
 import os
+import re
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # Ctrl-C, kill, a closed terminal
+
+
+def exit_code(signum: int) -> int:
+    """128 + the signal's number, what a shell reports for a process that signal ended: 130, 143, 129."""
+    return 128 + signum
 
 
 class UserError(Exception):
@@ -24,32 +30,11 @@ class UserError(Exception):
 
 
 class Interrupted(BaseException):
-    """Ctrl-C or SIGTERM. A BaseException, like KeyboardInterrupt, so no `except Exception` can swallow it."""
+    """A signal. A BaseException, like KeyboardInterrupt, so that no `except Exception` swallows it."""
 
     def __init__(self, signum: int):
         super().__init__(f"interrupted by {signal.Signals(signum).name}")
-        self.exit_code = EXIT_CODES[signal.Signals(signum)]
-
-
-# What this process promised to write (in order) and what it has renamed into place so far.
-PLANNED: list[str] = []
-WRITTEN: list[str] = []
-
-
-def _listing(paths: list[str]) -> str:
-    return paths[0] if len(paths) == 1 else ", ".join(paths[:-1]) + " and " + paths[-1]
-
-
-def outputs_note() -> str:
-    """What the stage wrote and what it left as it was, for the last line of a failed stage."""
-    left = [p for p in PLANNED if p not in WRITTEN]
-    if not WRITTEN:
-        if not left:
-            return "nothing was written"
-        return f"nothing was written ({_listing(left)} {'is' if len(left) == 1 else 'are'} as before)"
-    if not left:
-        return f"{_listing(WRITTEN)} had already been written"
-    return f"wrote {_listing(WRITTEN)} but left {_listing(left)} as before"
+        self.signum = signum
 
 
 ADVICE = {
@@ -63,6 +48,14 @@ ADVICE = {
 }
 
 
+OUT_OF_MEMORY = re.compile(r"can't allocate memory|not enough memory|out of memory", re.IGNORECASE)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:160]
+
+
 def describe_os_error(exc: OSError) -> str:
     """`path: reason; what to do`, without the errno numbers and quoting Python adds."""
     reason = exc.strerror or str(exc) or type(exc).__name__
@@ -70,47 +63,15 @@ def describe_os_error(exc: OSError) -> str:
     return f"{where}{reason}; {ADVICE.get(exc.errno, 'check the path and rerun')}"
 
 
-class _Held:
-    """While a stage renames its outputs into place, a signal waits until they all are (see signals_held)."""
-
-    active = False
-    pending: int | None = None
-
-
-def _raise_interrupted(signum: int, _frame: object) -> None:
-    if _Held.active:
-        _Held.pending = _Held.pending or signum
-        return
-    # A second signal while the first one unwinds (removing temporaries, printing) must not interrupt that.
-    for sig in EXIT_CODES:
-        signal.signal(sig, signal.SIG_IGN)
-    raise Interrupted(signum)
-
-
-@contextlib.contextmanager
-def signals_held() -> Iterator[None]:
-    """Ctrl-C or SIGTERM during the block takes effect when it ends. Python runs signal handlers in the main
-    thread only, so this holds even where torch's threads would receive a signal that a mask blocks here."""
-    _Held.active = True
-    try:
-        yield
-    finally:
-        _Held.active = False
-        signum, _Held.pending = _Held.pending, None
-    if signum is not None:
-        _raise_interrupted(signum, None)
-
-
-def startup_handler(signum: int, _frame: object) -> None:
-    """Ctrl-C or SIGTERM while Python imports torch and friends: nothing exists yet, so leave at once."""
-    name = signal.Signals(signum).name
-    os.write(2, f"error: interrupted by {name} during start-up; nothing was written, rerun to start over\n".encode())
-    os._exit(EXIT_CODES[signal.Signals(signum)])
+def _startup_handler(signum: int, _frame: object) -> None:
+    os.write(2, f"error: interrupted by {signal.Signals(signum).name} during start-up; nothing was written\n".encode())
+    os._exit(exit_code(signum))
 
 
 def install_startup_handlers() -> None:
-    for sig in EXIT_CODES:
-        signal.signal(sig, startup_handler)
+    """While Python imports torch and friends (seconds), a signal ends the process with one line at once."""
+    for sig in SIGNALS:
+        signal.signal(sig, _startup_handler)
 
 
 def _fail(message: str, code: int) -> None:
@@ -119,28 +80,78 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
-def entry_point(main: Callable[[], None]) -> Callable[[], None]:
-    """Wrap a stage's main(): every way it can stop becomes one line and a non-zero exit code."""
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null, so that Python's last flush at exit does not fail a second time."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def _restore_hint() -> str:
+    """Under DVC (which sets DVC_STAGE) the stage's outputs were removed before it ran: say how to get them back."""
+    if not os.environ.get("DVC_STAGE"):
+        return ""
+    return (
+        "; DVC removed this stage's outputs before running it: "
+        "`git checkout params.yaml && dvc checkout` brings back the last committed ones"
+    )
+
+
+def entry_point(main: Callable[[], None] | None = None, *, needs_params: bool = True) -> Callable:
+    """Wrap an entry point's main(): every way it can stop becomes one line and a non-zero exit code.
+
+    A signal raises Interrupted where the program is; it is also remembered, so that even if a library swallows
+    the exception (a `__del__`, a callback) the process still exits with the signal's code. A second signal
+    while the first unwinds is ignored. `needs_params=False` for commands that run outside the repository.
+    """
+    if main is None:
+        return functools.partial(entry_point, needs_params=needs_params)
 
     @functools.wraps(main)
     def wrapper() -> None:
-        for sig in EXIT_CODES:
-            signal.signal(sig, _raise_interrupted)
+        received: list[int] = []
+
+        def on_signal(signum: int, _frame: object) -> None:
+            if not received:
+                received.append(signum)
+                raise Interrupted(signum)
+
+        for sig in SIGNALS:
+            signal.signal(sig, on_signal)
         try:
-            if not Path("params.yaml").is_file():
+            if sys.stdout is None:  # started with stdout closed (`>&-`): print() would drop every line silently
+                raise UserError("standard output is closed: run it with its output going to a terminal, file or pipe")
+            if needs_params and not Path("params.yaml").is_file():
                 raise UserError(f"no params.yaml in {Path.cwd()}: run the stages from the repository root")
             main()
-        except KeyboardInterrupt:  # only if something reinstalled Python's default handler
-            _fail(f"interrupted by SIGINT; {outputs_note()}; rerun to start over", 130)
+            sys.stdout.flush()  # here, where a failure is one line, rather than at exit
         except Interrupted as exc:
-            _fail(f"{exc}; {outputs_note()}; rerun to start over", exc.exit_code)
+            received[:1] = [exc.signum]
+        except KeyboardInterrupt:  # only where something reinstalled Python's default handler
+            received[:1] = [signal.SIGINT]
+        except BrokenPipeError:
+            # A reader that stopped early (`| head -1`) ends the command quietly, as with any Unix tool.
+            _drop_stdout()
+            sys.exit(exit_code(signal.SIGPIPE))
         except UserError as exc:
-            _fail(f"{exc}; {outputs_note()}" if PLANNED else str(exc), 1)
+            _fail(f"{exc}{_restore_hint()}", 1)
         except OSError as exc:
-            _fail(f"{describe_os_error(exc)}; {outputs_note()}", 1)
+            _fail(f"{describe_os_error(exc)}{_restore_hint()}", 1)
+        except (MemoryError, RuntimeError) as exc:
+            # PyTorch reports a failed allocation as a RuntimeError (CUDA's as its subclass OutOfMemoryError).
+            if not (
+                isinstance(exc, MemoryError) or OUT_OF_MEMORY.search(str(exc)) or "OutOfMemory" in type(exc).__name__
+            ):
+                raise
+            _fail(
+                f"out of memory ({_first_line(exc)}): lower the batch size or the model's size, or free memory; rerun",
+                1,
+            )
         finally:
-            # The work is over, either way: a late signal during interpreter shutdown is not a traceback.
-            for sig in EXIT_CODES:
+            for sig in SIGNALS:  # the work is over: a late signal during shutdown is no traceback
                 signal.signal(sig, signal.SIG_IGN)
+        if received:
+            name = signal.Signals(received[0]).name
+            _fail(f"interrupted by {name}; rerun to start over{_restore_hint()}", exit_code(received[0]))
 
     return wrapper

@@ -11,7 +11,7 @@ import torch
 from stages.data import CLASS_NAMES, confusion, load_split
 from stages.engine import MODEL_PATH, load_checkpoint, score, to_inputs, untrained_model
 from stages.errors import entry_point
-from stages.files import all_or_nothing
+from stages.files import atomic_path, write_json
 from stages.models import count_parameters
 from stages.params import MODELS
 
@@ -71,15 +71,13 @@ def evaluate_model(name: str) -> Evaluation:
 
 @entry_point
 def main() -> None:
-    # Both models first, then the files, which appear together or not at all.
-    results = {name: evaluate_model(name) for name in MODELS}
-    with all_or_nothing() as outputs:
-        for name, result in results.items():
-            with outputs.writing(f"plots/{name}/per_class.csv") as tmp:
-                result.per_class.to_csv(tmp, index=False, float_format="%.4f")
-            with outputs.writing(f"plots/{name}/predictions.csv") as tmp:
-                result.predictions.to_csv(tmp, index=False)
-            outputs.write_json(f"metrics/{name}.json", result.metrics)
+    for name in MODELS:
+        result = evaluate_model(name)
+        with atomic_path(f"plots/{name}/per_class.csv") as tmp:
+            result.per_class.to_csv(tmp, index=False, float_format="%.4f")
+        with atomic_path(f"plots/{name}/predictions.csv") as tmp:
+            result.predictions.to_csv(tmp, index=False)
+        write_json(f"metrics/{name}.json", result.metrics)
 
 
 if __name__ == "__main__":

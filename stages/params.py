@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import reprlib
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -246,6 +247,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     if not isinstance(raw, dict):
         raise ParamsError(f"params.yaml: {prefix} must be a mapping of keys to values, got {_shown(raw)}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    types = typing.get_type_hints(cls)  # the real types, whether or not annotations are postponed (strings)
     for key in raw:
         if key not in fields:
             raise ParamsError(f"params.yaml: unknown key {prefix}.{_shown_key(key)}; allowed keys: {', '.join(fields)}")
@@ -264,7 +266,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         if not rule.ok(value):
             raise ParamsError(f"params.yaml: {key} must be {rule.allowed}, got {_shown(value)}")
         # YAML integers are valid floats; store them as floats so the dataclass types hold.
-        values[name] = float(value) if f.type == "float" else value
+        values[name] = float(value) if types[name] is float else value
     cfg = cls(**values)
     if hasattr(cfg, "check"):
         cfg.check()

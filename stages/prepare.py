@@ -9,7 +9,7 @@ from matplotlib.figure import Figure
 
 from stages.data import CLASS_NAMES, PREPARED_DIR, Split, find_source, load_raw, save_split, split_train
 from stages.errors import entry_point
-from stages.files import all_or_nothing, save_png
+from stages.files import save_png
 from stages.params import load_params
 
 SAMPLES_PER_CLASS = 10
@@ -38,13 +38,9 @@ def main() -> None:
     source = find_source(cfg.raw_dir)
     full_train, test = load_raw(source)
     train, val = split_train(full_train, cfg)
-    # The splits and the samples appear together or not at all.
-    with all_or_nothing() as outputs:
-        folder = outputs.folder(PREPARED_DIR)
-        for name, split in (("train", train), ("val", val), ("test", test)):
-            save_split(split, name, folder)
-        with outputs.writing("plots/samples.png") as tmp:
-            plot_samples(train, tmp)
+    for name, split in (("train", train), ("val", val), ("test", test)):
+        save_split(split, name, PREPARED_DIR)
+    plot_samples(train, Path("plots/samples.png"))
     sizes = ", ".join(f"{len(s.labels)} {n}" for n, s in (("train", train), ("val", val), ("test", test)))
     print(f"prepare: {source} -> {PREPARED_DIR}/ with {sizes} images")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from matplotlib.ticker import MaxNLocator
 
 from stages.data import CLASS_NAMES, confusion, load_split
 from stages.errors import UserError, entry_point
-from stages.files import Outputs, all_or_nothing, save_png
+from stages.files import atomic_path, save_png, write_text
 from stages.params import MODELS, NUM_CLASSES, TEST_IMAGES, read_yaml
 
 LABELS = {"mlp": "MLP", "cnn": "CNN"}
@@ -34,38 +35,60 @@ def history_path(name: str, split: str, metric: str) -> Path:
     return Path("dvclive") / name / "plots" / "metrics" / name / split / f"{metric}.tsv"
 
 
-def _read_table(path: Path, sep: str = ",") -> pd.DataFrame:
+def _read_table(path: Path, sep: str = ",", columns: tuple[str, ...] = ()) -> pd.DataFrame:
     try:
-        return pd.read_csv(path, sep=sep)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        table = pd.read_csv(path, sep=sep)
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise UserError(f"cannot read {path} ({exc}); run `dvc repro` to regenerate it") from None
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise UserError(f"{path} lacks the column {missing[0]}; run `dvc repro` to regenerate it")
+    return table
 
 
 def read_history(name: str) -> pd.DataFrame:
-    """One row per epoch: epoch, train_loss, train_acc, val_loss, val_acc."""
+    """One row per epoch: epoch, train_loss, train_acc, val_loss, val_acc, checked to be what train writes."""
     history = pd.DataFrame()
     for split, metric in CURVES:
         path = history_path(name, split, metric)
-        table = _read_table(path, sep="\t")
-        if not {"step", metric} <= set(table.columns):
-            raise UserError(f"{path} lacks the columns step and {metric}; run `dvc repro train_{name}`")
-        history[f"{split}_{metric}"] = table.set_index("step")[metric]
-    return history.rename_axis("epoch").reset_index()
+        table = _read_table(path, sep="\t", columns=("step", metric))
+        fix = f"run `dvc repro train_{name}`"
+        steps, values = (pd.to_numeric(table[c], errors="coerce") for c in ("step", metric))
+        if table.empty or steps.isna().any() or values.isna().any() or not np.isfinite(values).all():
+            raise UserError(f"{path} has no rows, or a step or {metric} that is not a finite number; {fix}")
+        if list(steps) != list(range(1, len(steps) + 1)):
+            raise UserError(f"{path} does not list the epochs 1, 2, 3, ... once each; {fix}")
+        if history.shape[0] not in (0, len(steps)):
+            raise UserError(f"{path} has {len(steps)} epochs, the other curves of {name} {len(history)}; {fix}")
+        history[f"{split}_{metric}"] = values.to_numpy()
+    history.insert(0, "epoch", range(1, len(history) + 1))
+    return history
+
+
+# What evaluate writes in metrics/<name>.json, and the type each value must have.
+METRIC_TYPES = {
+    "test_acc": float, "test_loss": float, "test_f1": float, "untrained_acc": float,
+    "params": int, "epochs": int, "best_epoch": int, "precision": str, "device": str,
+}  # fmt: skip
 
 
 def read_metrics(name: str) -> dict:
-    """metrics/<name>.json's flat keys (test_acc, untrained_acc, best_epoch, ...)."""
+    """metrics/<name>.json's flat keys (test_acc, untrained_acc, best_epoch, ...), each of the type evaluate writes."""
     path = Path("metrics") / f"{name}.json"
+    fix = "run `dvc repro evaluate`"
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)[name]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise UserError(f"cannot read {path} ({type(exc).__name__}: {exc}); run `dvc repro evaluate`") from None
-
-
-def _save(outputs: Outputs, fig: Figure, path: str) -> None:
-    with outputs.writing(path) as tmp:
-        save_png(fig, tmp)
+            metrics = json.load(f)[name]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise UserError(f"cannot read {path} ({type(exc).__name__}: {exc}); {fix}") from None
+    for key, kind in METRIC_TYPES.items():
+        value = metrics.get(key) if isinstance(metrics, dict) else None
+        # JSON has one kind of number: a whole-valued float reads back as an int, never the reverse.
+        ok = isinstance(value, kind) or (kind is float and isinstance(value, int))
+        if not ok or isinstance(value, bool) or (kind is float and not math.isfinite(value)):
+            wanted = "finite number" if kind is float else kind.__name__
+            raise UserError(f"{path}: {name}.{key} is {value!r}, not a {wanted}; {fix}")
+    return metrics
 
 
 # --- tables ---
@@ -96,6 +119,8 @@ def comparison(metrics: dict[str, dict], histories: dict[str, pd.DataFrame]) -> 
 
 
 def kept_val_acc(history: pd.DataFrame, epoch: int) -> float:
+    if not 1 <= epoch <= len(history):
+        raise UserError(f"the kept epoch is {epoch}, but the curves have {len(history)} epochs; run `dvc repro`")
     return float(history.loc[history["epoch"] == epoch, "val_acc"].iloc[0])
 
 
@@ -292,27 +317,31 @@ def main() -> None:
     params = {section: raw.get(section) for section in ("data", *MODELS)}
     metrics = {name: read_metrics(name) for name in MODELS}
     histories = {name: read_history(name) for name in MODELS}
-    predictions = {name: _read_table(Path("plots") / name / "predictions.csv") for name in MODELS}
+    predictions = {
+        name: _read_table(Path("plots") / name / "predictions.csv", columns=("actual", "predicted", "probability"))
+        for name in MODELS
+    }
     per_class = {
-        name: _read_table(Path("plots") / name / "per_class.csv").set_index("class")["accuracy"] for name in MODELS
+        name: _read_table(Path("plots") / name / "per_class.csv", columns=("class", "accuracy")).set_index("class")[
+            "accuracy"
+        ]
+        for name in MODELS
     }
     classes = pd.DataFrame({f"{LABELS[n]} accuracy": per_class[n] for n in MODELS}).reset_index()
     classes[DIFFERENCE] = per_class["cnn"].to_numpy() - per_class["mlp"].to_numpy()
     test = load_split("test")
     kept = {name: int(m["best_epoch"]) for name, m in metrics.items()}
 
-    # All the report's files appear together or not at all: a failure between two figures leaves the old set.
-    with all_or_nothing() as outputs:
-        for metric, png in (("loss", "loss"), ("acc", "accuracy")):
-            _save(outputs, curves_figure(histories, kept, metric), f"plots/{png}.png")
-        _save(outputs, per_class_figure(per_class), "plots/per_class.png")
-        for name in MODELS:
-            _save(outputs, confusion_figure(predictions[name], name), f"plots/confusion_{name}.png")
-            _save(outputs, mistakes_figure(predictions[name], test.images, name), f"plots/mistakes_{name}.png")
-            with outputs.writing(f"plots/{name}/confusion.csv") as tmp:
-                confusion_counts(predictions[name]).to_csv(tmp, index=False)
-        table = comparison(metrics, histories)
-        outputs.write_text("metrics/report.md", markdown(table, classes, metrics, test.labels, params))
+    for metric, png in (("loss", "loss"), ("acc", "accuracy")):
+        save_png(curves_figure(histories, kept, metric), f"plots/{png}.png")
+    save_png(per_class_figure(per_class), "plots/per_class.png")
+    for name in MODELS:
+        save_png(confusion_figure(predictions[name], name), f"plots/confusion_{name}.png")
+        save_png(mistakes_figure(predictions[name], test.images, name), f"plots/mistakes_{name}.png")
+        with atomic_path(f"plots/{name}/confusion.csv") as tmp:
+            confusion_counts(predictions[name]).to_csv(tmp, index=False)
+    table = comparison(metrics, histories)
+    write_text("metrics/report.md", markdown(table, classes, metrics, test.labels, params))
     print("report: metrics/report.md, plots/*.png and plots/*/confusion.csv written")
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from stages.data import load_split
 from stages.engine import MODEL_PATH, checkpoint, fit, resolve_device
 from stages.errors import UserError, entry_point
-from stages.files import all_or_nothing
+from stages.files import save_torch
 from stages.models import check_size
 from stages.params import MODELS, check_batches, load_params
 
@@ -33,8 +33,10 @@ def live_logger(name: str, folder: Path) -> Callable[[dict], None]:
     def log(row: dict) -> None:
         live.step = row["epoch"]
         for key, value in row.items():
-            if key != "epoch":
-                live.log_metric(f"{name}/{key.replace('_', '/')}", value)  # cnn/val/acc, cnn/lr
+            # Not the learning rate: the summary DVC diffs as metrics would show the last epoch's, a schedule's
+            # value rather than a result. It is in the progress lines.
+            if key not in ("epoch", "lr"):
+                live.log_metric(f"{name}/{key.replace('_', '/')}", value)  # cnn/val/acc
         live.make_summary()
 
     return log
@@ -51,14 +53,10 @@ def main() -> None:
     # Before the images are loaded: the labels file alone says how many there are.
     check_batches(cfg, len(load_split("train", mmap=True).labels))
     train, val = load_split("train"), load_split("val")
-    # The live log is written in place, so that tools follow the run; the model is renamed into place at the
-    # end. An interrupted or failed run puts the previous live log back and leaves the model as it was.
-    with all_or_nothing() as outputs:
-        live_dir = outputs.live_folder(LIVE_DIR.format(name=name))
-        model_path = MODEL_PATH.format(name=name)
-        outputs.path(model_path)  # planned now, so that an error during training names it too
-        result = fit(cfg, train, val, device, on_epoch=live_logger(name, live_dir))
-        outputs.save_torch(model_path, checkpoint(result, cfg))
+    # DVCLive writes its log in place as each epoch ends, so that `dvc exp show` and `dvc plots` follow the run.
+    model_path = MODEL_PATH.format(name=name)
+    result = fit(cfg, train, val, device, on_epoch=live_logger(name, Path(LIVE_DIR.format(name=name))))
+    save_torch(model_path, checkpoint(result, cfg))
     best = result.history[result.best_epoch - 1]
     print(
         f"train_{name}: kept epoch {result.best_epoch} of {cfg.epochs} (val acc {best['val_acc']:.4f}) in "

@@ -15,7 +15,7 @@ import yaml
 
 from benchmarks.notebook import notebook_params
 from stages.engine import FitResult, checkpoint
-from stages.files import all_or_nothing
+from stages.files import save_torch
 from stages.params import MODELS, CNNParams, MLPParams, parse_section, read_yaml, set_dotted
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,7 +40,7 @@ TINY = {
 def set_params(project: Path, changes: dict[str, object]) -> None:
     """Set dotted keys (`cnn.epochs`) in a project's params.yaml."""
     path = project / "params.yaml"
-    params = yaml.safe_load(path.read_text())
+    params = read_yaml(path)
     for dotted, value in changes.items():
         set_dotted(params, dotted, value)
     path.write_text(yaml.safe_dump(params, sort_keys=False))
@@ -109,5 +109,4 @@ def notebook(name: str) -> MLPParams | CNNParams:
 
 def save_model(path: Path, result: FitResult, cfg: MLPParams | CNNParams) -> None:
     """A trained model's file, written as the train stage writes it."""
-    with all_or_nothing() as outputs:
-        outputs.save_torch(path, checkpoint(result, cfg))
+    save_torch(path, checkpoint(result, cfg))

@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import json
-import statistics
-
-import pytest
 
 from benchmarks.bench import check_targets, round_ratios
 from benchmarks.notebook import notebook_params, overrides
 from tests.helpers import ROOT, run
-
-pytestmark = pytest.mark.slow
 
 
 def test_notebook_overlay_is_valid_params() -> None:
@@ -31,8 +26,6 @@ def test_speedup_is_the_median_of_each_rounds_ratio() -> None:
     assert ratios["mlp ours fp32"] == [5.0, 2.0, 5.0]  # paired round by round, not sorted
     assert ratios["cnn ours fp32"] == [2.0, 4.0, 8.0]  # each model against its own notebook loop
     assert ratios["mlp notebook"] == [1.0, 1.0, 1.0]
-    # The median of the ratios (5) is not the ratio of the medians (50 / 20 = 2.5).
-    assert statistics.median(ratios["mlp ours fp32"]) == 5.0
 
 
 def test_bench_smoke_run_writes_results(tmp_path) -> None:

@@ -261,32 +261,6 @@ def test_an_unreadable_dataset_file_is_one_line(tmp_path, monkeypatch) -> None:
         read_idx(path, "t10k-labels-idx1-ubyte")
 
 
-@pytest.mark.slow
-def test_prepare_failing_between_its_writes_leaves_every_output_as_it_was(project, monkeypatch) -> None:
-    from stages import errors, prepare
-
-    monkeypatch.setattr(errors, "PLANNED", [])
-    monkeypatch.setattr(errors, "WRITTEN", [])
-    monkeypatch.chdir(project)
-    old_split = project / "data" / "prepared" / "train_labels.npy"
-    old_split.parent.mkdir(parents=True)
-    old_split.write_bytes(b"old")
-    (project / "plots").mkdir()
-    (project / "plots" / "samples.png").write_bytes(b"old")
-
-    def full_disk(split, path) -> None:
-        assert len(list(path.parent.parent.glob("data/.prepared.*.tmp/*.npy"))) == 6  # the splits are written
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(prepare, "plot_samples", full_disk)
-    with pytest.raises(OSError):
-        prepare.main.__wrapped__()
-    assert old_split.read_bytes() == b"old" and (project / "plots" / "samples.png").read_bytes() == b"old"
-    assert [p.name for p in (project / "data").iterdir()] == ["prepared"]
-    assert [p.name for p in (project / "plots").iterdir()] == ["samples.png"]
-    assert errors.outputs_note() == "nothing was written (data/prepared and plots/samples.png are as before)"
-
-
 def test_confusion_rows_are_actual_classes_and_columns_predicted() -> None:
     actual = np.array([0, 0, 0, 1, 2])
     predicted = np.array([1, 1, 0, 1, 9])
@@ -294,3 +268,22 @@ def test_confusion_rows_are_actual_classes_and_columns_predicted() -> None:
     assert matrix.shape == (10, 10) and matrix.sum() == 5
     assert matrix[0, 1] == 2 and matrix[1, 0] == 0  # two 0s taken for 1s; a transposed matrix swaps these
     assert matrix[0, 0] == 1 and matrix[1, 1] == 1 and matrix[2, 9] == 1 and matrix[9, 2] == 0
+
+
+@pytest.mark.parametrize(
+    ("images", "labels", "problem"),
+    [
+        (np.zeros((4, 28, 28), np.uint8), np.array([0, 1, 10, 2]), "labels run from 0 to 10, outside 0-9"),
+        (np.zeros((4, 28, 28), np.uint8), np.array([0, -1, 2, 3]), "labels run from -1 to 3"),
+        (np.zeros((4, 27, 27), np.uint8), np.arange(4), "images are uint8 (4, 27, 27), not uint8 (N, 28, 28)"),
+        (np.zeros((4, 28, 28), np.float32), np.arange(4), "images are float32"),
+        (np.zeros((4, 28, 28), np.uint8), np.arange(3), "labels are int64 (3,) for 4 images"),
+        (np.zeros((4, 28, 28), np.uint8), np.arange(4).astype(np.float64), "labels are float64"),
+    ],
+)
+def test_a_damaged_prepared_split_names_itself_and_the_stage_to_rerun(tmp_path, images, labels, problem) -> None:
+    for kind, array in (("images", images), ("labels", labels)):
+        np.save(tmp_path / f"train_{kind}.npy", array)
+    with pytest.raises(DataError, match=r"the prepared train split in .* is damaged \(") as err:
+        load_split("train", tmp_path)
+    assert problem in str(err.value) and str(err.value).endswith("run `dvc repro prepare`")

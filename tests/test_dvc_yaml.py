@@ -5,11 +5,11 @@ from __future__ import annotations
 import ast
 
 import pytest
-import yaml
 
+from stages.params import read_yaml
 from tests.helpers import ROOT
 
-STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+STAGES = read_yaml(ROOT / "dvc.yaml")["stages"]
 
 
 def imported_files(module: str) -> set[str]:

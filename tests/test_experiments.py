@@ -12,9 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import run, set_params
-
-pytestmark = pytest.mark.slow
+from tests.helpers import ROOT, run, set_params
 
 EXPERIMENT = "cnn-2-epochs"
 LOSS_PLOT = "curves"  # its id in dvc.yaml: loss and accuracy per epoch
@@ -239,3 +237,30 @@ def test_queued_sweep_runs_in_parallel_workers(workspace: Path) -> None:
         assert param(shown[name], "cnn.epochs") == param(shown["HEAD"], "cnn.epochs")
         for model in ("mlp", "cnn"):
             assert 0 < accuracy(shown[name], model) <= 1
+
+
+def readme_block(section: str) -> list[str]:
+    """The commands of the first bash block under a README heading, comments dropped."""
+    text = (ROOT / "README.md").read_text()
+    body = text[text.index(f"\n## {section}\n") :]
+    block = body[body.index("```bash\n") + 8 : body.index("\n```", body.index("```bash\n"))]
+    return [line.split("  #")[0].strip() for line in block.splitlines() if line.strip()]
+
+
+@pytest.mark.long
+def test_the_readme_experiment_section_runs_in_order_and_leaves_main_as_it_was(workspace: Path) -> None:
+    commands = readme_block("Experiment")
+    assert commands[0].startswith("dvc exp run") and "make compare" in commands
+    tracked = {p: (workspace / p).read_bytes() for p in ("params.yaml", "dvc.lock", "metrics/cnn.json")}
+    model = (workspace / "models" / "cnn.pt").read_bytes()
+    for command in commands:
+        if command.startswith("make plots"):
+            continue  # needs the vendored Vega; test_plots_offline renders that page
+        result = run(workspace, "bash", "-c", command.replace("make compare", f"{sys.executable} -m stages.compare"))
+        if command.startswith("make compare"):
+            rows = {line.split()[0]: line for line in result.stdout.splitlines()[2:]}
+            assert {"cnn-3-epochs", "wide-mlp"} <= rows.keys()
+    assert {p: (workspace / p).read_bytes() for p in tracked} == tracked
+    assert (workspace / "models" / "cnn.pt").read_bytes() == model
+    assert run(workspace, "git", "status", "--porcelain").stdout == ""
+    assert json.loads(run(workspace, "dvc", "status", "--json").stdout) == {}

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import shutil
 import time
 
 import pytest
@@ -283,3 +284,15 @@ def test_batch_norm_refuses_a_last_batch_of_one_image() -> None:
     one_pixel = dataclasses.replace(cnn, channels=[8, 8, 8, 8])  # 28 -> 14 -> 7 -> 3 -> 1, like the default
     with pytest.raises(ParamsError, match=r"cnn\.batch_size 64 leaves a last batch of one image"):
         check_batches(one_pixel, 129)
+
+
+def test_params_yaml_is_committed_as_dvc_writes_it(tmp_path) -> None:
+    """`dvc exp run -S` and `dvc exp apply` rewrite params.yaml in DVC's own YAML style; committed in that style,
+    they change only the values they set, so a `git commit -am` after them carries no reformatting."""
+    from dvc.utils.serialize import modify_yaml
+
+    copy = tmp_path / "params.yaml"
+    shutil.copy(ROOT / "params.yaml", copy)
+    with modify_yaml(copy):
+        pass
+    assert copy.read_text() == (ROOT / "params.yaml").read_text()

@@ -16,8 +16,6 @@ import pytest
 from stages.data import CLASS_NAMES
 from tests.helpers import ROOT, run
 
-pytestmark = pytest.mark.slow
-
 TEMPLATE = Path(".dvc/plots/offline.html")
 VENDOR = ROOT / "vendor" / "vega"
 CANARY = "offline-plots test: console captured"

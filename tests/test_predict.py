@@ -307,7 +307,6 @@ def test_bad_arguments_are_one_line(capsys, argv, message) -> None:
 # --- the command ---
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", ["cnn", "mlp"])
 def test_test_images_as_png_get_evaluates_predictions(reproduced, tmp_path, name) -> None:
     images = np.load(reproduced / "data" / "prepared" / "test_images.npy")
@@ -372,14 +371,12 @@ def accuracy_per_form(
     return accuracy
 
 
-@pytest.mark.slow
 @pytest.mark.long
 def test_other_forms_of_the_test_images_are_as_accurate(official_splits, trained, tmp_path) -> None:
     accuracy = accuracy_per_form(trained, official_splits[1], FORMS, SAMPLE, 2, tmp_path)
     assert all(accuracy[form] >= accuracy["native"] - 0.03 for form in FORMS), accuracy
 
 
-@pytest.mark.slow
 def test_bad_files_are_one_line_each_and_the_rest_is_classified(official_splits, trained, tmp_path) -> None:
     image = official_splits[1].images[0]
     good = [save(tmp_path / "good.png", image), save(tmp_path / "good.jpg", Image.fromarray(255 - image), quality=95)]
@@ -405,7 +402,6 @@ def test_bad_files_are_one_line_each_and_the_rest_is_classified(official_splits,
     assert summary == f"error: {len(bad)} of {len(paths)} images could not be classified"
 
 
-@pytest.mark.slow
 def test_table_shows_the_top_k(official_splits, trained, tmp_path) -> None:
     path = save(tmp_path / "boot.png", official_splits[1].images[0])
     out = stage(trained, "predict", str(path), "--top", "5").stdout.splitlines()
@@ -417,7 +413,6 @@ def test_table_shows_the_top_k(official_splits, trained, tmp_path) -> None:
     assert percents == sorted(percents, reverse=True) and sum(percents) <= 100.5
 
 
-@pytest.mark.slow
 def test_json_top_k_is_sorted_and_sums_to_one(official_splits, trained, tmp_path) -> None:
     path = save(tmp_path / "boot.png", official_splits[1].images[0])
     (result,) = predict_json(trained, [path], "--top", "10", "--model", "cnn")
@@ -452,7 +447,6 @@ def predict_process(project: Path, *args: str, **popen) -> subprocess.Popen:
     return subprocess.Popen(command, cwd=project, env=env, stderr=subprocess.PIPE, text=True, **popen)
 
 
-@pytest.mark.slow
 def test_a_fifo_among_the_images_does_not_hang_the_others(official_splits, quick, tmp_path) -> None:
     os.mkfifo(tmp_path / "fifo.png")
     good = save(tmp_path / "good.png", official_splits[1].images[0])
@@ -466,7 +460,6 @@ def test_a_fifo_among_the_images_does_not_hang_the_others(official_splits, quick
     ]
 
 
-@pytest.mark.slow
 def test_a_full_stdout_is_one_line(official_splits, quick, tmp_path) -> None:
     good = save(tmp_path / "good.png", official_splits[1].images[0])
     with open("/dev/full", "w") as full:
@@ -476,7 +469,6 @@ def test_a_full_stdout_is_one_line(official_splits, quick, tmp_path) -> None:
     assert stderr == "error: cannot write the results to standard output: No space left on device\n"
 
 
-@pytest.mark.slow
 def test_a_reader_that_stops_early_ends_predict_quietly(official_splits, quick, tmp_path) -> None:
     good = save(tmp_path / "good.png", official_splits[1].images[0])
     proc = predict_process(quick, str(good), stdout=subprocess.PIPE)
@@ -485,7 +477,6 @@ def test_a_reader_that_stops_early_ends_predict_quietly(official_splits, quick, 
     assert (proc.returncode, stderr) == (141, "")
 
 
-@pytest.mark.slow
 def test_a_model_whose_outputs_overflow_says_so(official_splits, quick, tmp_path) -> None:
     checkpoint = torch.load(quick / "models" / "mlp.pt", weights_only=True)
     last_weight = list(checkpoint["state_dict"])[-2]  # the output layer: finite weights, infinite logits
@@ -502,7 +493,6 @@ def test_a_model_whose_outputs_overflow_says_so(official_splits, quick, tmp_path
     )
 
 
-@pytest.mark.slow
 def test_show_writes_what_the_model_saw_and_it_predicts_the_same(official_splits, trained, tmp_path) -> None:
     _, test = official_splits
     photo = save(tmp_path / "red-t-shirt.jpg", graded(test.images[0], np.random.default_rng(7), RED), quality=85)
@@ -525,7 +515,6 @@ def test_show_writes_what_the_model_saw_and_it_predicts_the_same(official_splits
     )
 
 
-@pytest.mark.slow
 def test_show_into_a_file_is_one_line(trained, tmp_path, official_splits) -> None:
     (tmp_path / "taken").write_text("a file, not a folder")
     path = save(tmp_path / "boot.png", official_splits[1].images[0])
@@ -534,7 +523,6 @@ def test_show_into_a_file_is_one_line(trained, tmp_path, official_splits) -> Non
     assert result.stderr.startswith(f"error: --show {tmp_path / 'taken'}: cannot create the folder")
 
 
-@pytest.mark.slow
 @pytest.mark.long
 def test_photos_are_classified_nearly_as_well_as_the_test_images(official_splits, trained, tmp_path) -> None:
     """Each kind of product photo (tests/photos.py) against the same test images in their native form."""

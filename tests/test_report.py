@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -136,3 +137,57 @@ def test_history_comes_from_dvclive_files(tmp_path, monkeypatch) -> None:
     report.history_path("mlp", "train", "loss").parent.mkdir(parents=True)
     with pytest.raises(UserError, match=r"^cannot read dvclive/mlp/plots/metrics/mlp/train/loss.tsv .*`dvc repro`"):
         report.read_history("mlp")
+
+
+def write_curves(name: str, rows: dict[tuple[str, str], str]) -> None:
+    """DVCLive's four TSVs of `name`, with `rows` replacing the text of some of them."""
+    for split in ("train", "val"):
+        for metric in ("loss", "acc"):
+            path = report.history_path(name, split, metric)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(rows.get((split, metric), f"step\t{metric}\n1\t0.5\n2\t0.6\n"))
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("step\tacc\n", "has no rows"),  # what once printed "validation accuracy nan" and exited 0
+        ("step\tacc\n1\t0.5\n2\tabc\n", "not a finite number"),
+        ("step\tacc\n1\t0.5\n2\tinf\n", "not a finite number"),
+        ("step\tacc\n1\t0.5\n1\t0.6\n", "does not list the epochs 1, 2, 3, ... once each"),
+        ("step\tacc\n1\t0.5\n", "has 1 epochs, the other curves of cnn 2"),
+        ("epoch\tacc\n1\t0.5\n2\t0.6\n", "lacks the column step"),
+    ],
+)
+def test_damaged_curves_name_the_file_and_the_stage_to_rerun(tmp_path, monkeypatch, text, problem) -> None:
+    monkeypatch.chdir(tmp_path)
+    write_curves("cnn", {("val", "acc"): text})
+    with pytest.raises(UserError, match=r"dvclive/cnn/plots/metrics/cnn/val/acc\.tsv ") as err:
+        report.read_history("cnn")
+    assert problem in str(err.value) and ("train_cnn" in str(err.value) or "`dvc repro`" in str(err.value))
+
+
+@pytest.mark.parametrize(
+    ("change", "shown"),
+    [
+        ({"test_acc": "0.9"}, "cnn.test_acc is '0.9', not a finite number"),
+        ({"best_epoch": None}, "cnn.best_epoch is None, not a int"),
+        ({"best_epoch": 18.5}, "cnn.best_epoch is 18.5, not a int"),
+        ({"precision": 16}, "cnn.precision is 16, not a str"),
+        ({"test_loss": True}, "cnn.test_loss is True, not a finite number"),
+    ],
+)
+def test_damaged_metrics_name_the_key_and_the_stage_to_rerun(tmp_path, monkeypatch, change, shown) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("metrics").mkdir()
+    Path("metrics/cnn.json").write_text(json.dumps({"cnn": {**METRICS["cnn"], **change}}))
+    with pytest.raises(UserError, match=rf"^metrics/cnn\.json: {re.escape(shown)}; run `dvc repro evaluate`$"):
+        report.read_metrics("cnn")
+    Path("metrics/cnn.json").write_text(json.dumps({"cnn": {k: v for k, v in METRICS["cnn"].items() if k != "params"}}))
+    with pytest.raises(UserError, match=r"cnn\.params is None"):
+        report.read_metrics("cnn")
+
+
+def test_a_kept_epoch_beyond_the_curves_is_an_error_not_an_index_error() -> None:
+    with pytest.raises(UserError, match=r"the kept epoch is 30, but the curves have 25 epochs"):
+        report.kept_val_acc(HISTORIES["mlp"], 30)
