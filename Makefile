@@ -98,7 +98,8 @@ $(VEGA_STAMP):
 REVS ?=
 plots: setup $(VEGA_STAMP)
 	@rm -rf dvc_plots.tmp
-	dvc plots $(if $(strip $(REVS)),diff $(REVS),show) --out dvc_plots.tmp --html-template .dvc/plots/offline.html
+	@# DVC's own line names the scratch folder, which is gone a moment later: ours below names the page.
+	@dvc plots $(if $(strip $(REVS)),diff $(REVS),show) --out dvc_plots.tmp --html-template .dvc/plots/offline.html > /dev/null
 	@mkdir -p dvc_plots.tmp/vendor
 	@cp -R $(VEGA_DIR)/*.min.js $(VEGA_DIR)/licenses $(VEGA_DIR)/VERSIONS dvc_plots.tmp/vendor/
 	@rm -rf dvc_plots && mv dvc_plots.tmp dvc_plots

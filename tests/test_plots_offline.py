@@ -176,8 +176,9 @@ def test_make_plots_renders_a_diff_of_two_revisions_into_a_clean_folder(reproduc
     (project / "dvc_plots" / "stale.html").write_text("from an earlier run")
 
     # `-o setup`: the symlinked venv is this checkout's, and a setup run here would install the copy into it.
-    run(project, "make", "--no-print-directory", "-o", "setup", "plots", "REVS=HEAD~1 HEAD")
+    made = run(project, "make", "--no-print-directory", "-o", "setup", "plots", "REVS=HEAD~1 HEAD")
     page = project / "dvc_plots" / "index.html"
+    assert made.stdout.splitlines() == [f"offline plots: open {page} (Vega is in dvc_plots/vendor/, no network needed)"]
     assert not (project / "dvc_plots" / "stale.html").exists() and not (project / "dvc_plots.tmp").exists()
     html = page.read_text()
     assert "HEAD~1" in html and '"rev": "HEAD"' in html
