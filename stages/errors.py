@@ -119,15 +119,16 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
-def entry_point(main: Callable[[], None]) -> Callable[[], None]:
-    """Wrap a stage's main(): every way it can stop becomes one line and a non-zero exit code."""
+def entry_point(main: Callable[[], None], needs_params: bool = True) -> Callable[[], None]:
+    """Wrap a stage's main(): every way it can stop becomes one line and a non-zero exit code. A command that
+    runs outside the repository (`needs_params=False`: predict) is spared the check for params.yaml."""
 
     @functools.wraps(main)
     def wrapper() -> None:
         for sig in EXIT_CODES:
             signal.signal(sig, _raise_interrupted)
         try:
-            if not Path("params.yaml").is_file():
+            if needs_params and not Path("params.yaml").is_file():
                 raise UserError(f"no params.yaml in {Path.cwd()}: run the stages from the repository root")
             main()
         except KeyboardInterrupt:  # only if something reinstalled Python's default handler

@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import io
 import json
 import math
 import os
-import pickle
 import re
 import shutil
 import stat
 import tempfile
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -134,10 +131,6 @@ class Outputs:
     def write_json(self, final: str | Path, obj: Any) -> None:
         self.write_text(final, to_json(final, obj))
 
-    def save_torch(self, final: str | Path, obj: Any) -> None:
-        with self.writing(final) as tmp:
-            _save_torch_to(tmp, obj)
-
     def _commit(self) -> None:
         # No signal between two renames: a stage's outputs change together. A signal that arrives meanwhile
         # takes effect when they are all in place (and the message then says they were written).
@@ -246,19 +239,6 @@ def _non_finite(obj: Any, where: str = "") -> str:
     return ""
 
 
-def _save_torch_to(path: Path, obj: Any) -> None:
-    """torch.save, byte for byte the same for the same tensors.
-
-    Saved to a path, torch names the zip's records after the file, here a random temporary name; saved to a
-    buffer they are always named `archive/`, so identical weights give identical files and DVC hashes.
-    """
-    import torch  # here, not at the top: prepare and report, which never touch a model, skip its seconds of import
-
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    path.write_bytes(buffer.getvalue())
-
-
 def save_png(fig: Figure, path: Path, dpi: int = 100) -> None:
     """A Matplotlib figure as PNG without Matplotlib's version in its metadata: the same inputs, the same bytes."""
     fig.savefig(path, format="png", dpi=dpi, metadata={"Software": None})
@@ -274,41 +254,3 @@ def not_a_regular_file(path: Path) -> str | None:
     if stat.S_ISDIR(mode):
         return "is a directory"
     return None if stat.S_ISREG(mode) else "is a special file (a FIFO, socket or device)"
-
-
-def _head(path: Path, size: int) -> bytes:
-    with open(path, "rb") as f:
-        return f.read(size)
-
-
-def _starts_like_pickle(path: Path) -> bool:
-    head = _head(path, 2)
-    return len(head) == 2 and head[0] == pickle.PROTO[0] and 2 <= head[1] <= pickle.HIGHEST_PROTOCOL
-
-
-def load_torch(path: str | Path) -> Any:
-    """Load a checkpoint with weights_only=True; anything that would run code is refused."""
-    path = Path(path)
-    problem = not_a_regular_file(path)
-    if problem == "does not exist":
-        raise UserError(f"{path} does not exist: run `dvc repro` to create it")
-    if problem:
-        raise UserError(f"{path} {problem}, not a model file: remove it, then run `dvc repro` to create it")
-    if not zipfile.is_zipfile(path) and not _starts_like_pickle(path):
-        # torch.save writes a zip archive (an old one a bare pickle): random bytes are neither, and are no code.
-        what = "a truncated or damaged" if _head(path, 4) == b"PK\x03\x04" else "not a"
-        raise UserError(f"{path} is {what} PyTorch model file: retrain with `dvc repro`")
-    import torch  # see _save_torch_to
-
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        found = re.search(r"(?:unsupported|Unsupported global:) GLOBAL ([\w.]+)", str(exc))
-        what = f"such as {found[1]}" if found else "the weights-only loader refused it"
-        raise UserError(
-            f"refusing to load {path}: it holds objects other than tensors and plain data "
-            f"({what}); only load model files you trust, or retrain with `dvc repro`"
-        ) from None
-    except (RuntimeError, EOFError, ValueError, KeyError, OSError, zipfile.BadZipFile) as exc:
-        reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path} is not a readable model file ({reason}): retrain with `dvc repro`") from None

@@ -6,8 +6,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from stages.checkpoint import make_checkpoint, save_checkpoint
 from stages.data import load_split
-from stages.engine import MODEL_PATH, checkpoint, fit, resolve_device
+from stages.engine import MODEL_PATH, fit, resolve_device
 from stages.errors import UserError, entry_point
 from stages.files import all_or_nothing
 from stages.models import check_size
@@ -58,7 +59,8 @@ def main() -> None:
         model_path = MODEL_PATH.format(name=name)
         outputs.path(model_path)  # planned now, so that an error during training names it too
         result = fit(cfg, train, val, device, on_epoch=live_logger(name, live_dir))
-        outputs.save_torch(model_path, checkpoint(result, cfg))
+        with outputs.writing(model_path) as tmp:
+            save_checkpoint(tmp, make_checkpoint(result, cfg))
     best = result.history[result.best_epoch - 1]
     print(
         f"train_{name}: kept epoch {result.best_epoch} of {cfg.epochs} (val acc {best['val_acc']:.4f}) in "

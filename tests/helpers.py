@@ -14,7 +14,8 @@ from pathlib import Path
 import yaml
 
 from benchmarks.notebook import notebook_params
-from stages.engine import FitResult, checkpoint
+from stages.checkpoint import make_checkpoint, save_checkpoint
+from stages.engine import FitResult
 from stages.files import all_or_nothing
 from stages.params import MODELS, CNNParams, MLPParams, parse_section, read_yaml, set_dotted
 
@@ -109,5 +110,5 @@ def notebook(name: str) -> MLPParams | CNNParams:
 
 def save_model(path: Path, result: FitResult, cfg: MLPParams | CNNParams) -> None:
     """A trained model's file, written as the train stage writes it."""
-    with all_or_nothing() as outputs:
-        outputs.save_torch(path, checkpoint(result, cfg))
+    with all_or_nothing() as outputs, outputs.writing(path) as tmp:
+        save_checkpoint(tmp, make_checkpoint(result, cfg))

@@ -1,4 +1,4 @@
-"""All-or-nothing outputs, their temporaries, and the safe loading of model files."""
+"""All-or-nothing outputs and their temporaries."""
 
 from __future__ import annotations
 
@@ -8,14 +8,12 @@ import os
 import signal
 import subprocess
 import threading
-import zipfile
 
 import pytest
-import torch
 
 from stages import errors, files
 from stages.errors import Interrupted, UserError
-from stages.files import all_or_nothing, atomic_path, load_torch, remove_stale_temporaries, write_json
+from stages.files import all_or_nothing, atomic_path, remove_stale_temporaries, write_json
 from tests.helpers import run
 
 
@@ -74,10 +72,10 @@ def test_success_renames_in_the_order_asked_for_and_records_it(tmp_path) -> None
     first, model = tmp_path / "history.csv", tmp_path / "model.pt"
     with all_or_nothing() as outputs:
         outputs.write_text(first, "h")
-        outputs.save_torch(model, {"w": torch.ones(2)})
+        outputs.write_text(model, "m")
         assert not first.exists() and not model.exists()  # nothing in place before the block ends
     assert errors.PLANNED == errors.WRITTEN == [str(first), str(model)]
-    assert first.read_text() == "h" and torch.equal(load_torch(model)["w"], torch.ones(2))
+    assert first.read_text() == "h" and model.read_text() == "m"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["history.csv", "model.pt"]
 
 
@@ -188,35 +186,13 @@ def test_nan_in_json_is_refused_with_the_key(tmp_path) -> None:
     assert not any(tmp_path.iterdir())
 
 
-def test_missing_or_garbage_model_file(tmp_path) -> None:
-    with pytest.raises(UserError, match=r"nope\.pt does not exist: run `dvc repro`"):
-        load_torch(tmp_path / "nope.pt")
-    (tmp_path / "bad.pt").write_bytes(os.urandom(2000).replace(b"\x80", b"\x00"))
-    with pytest.raises(UserError, match=r"bad\.pt is not a PyTorch model file: retrain"):
-        load_torch(tmp_path / "bad.pt")
-    torch.save({"w": torch.ones(1000)}, tmp_path / "good.pt")
-    (tmp_path / "cut.pt").write_bytes((tmp_path / "good.pt").read_bytes()[:1500])
-    assert not zipfile.is_zipfile(tmp_path / "cut.pt")
-    with pytest.raises(UserError, match=r"cut\.pt is a truncated or damaged PyTorch model file"):
-        load_torch(tmp_path / "cut.pt")
-
-
-def test_a_folder_or_fifo_at_the_model_path_is_named_as_such(tmp_path) -> None:
-    (tmp_path / "dir.pt").mkdir()
-    with pytest.raises(UserError, match=r"dir\.pt is a directory, not a model file: remove it"):
-        load_torch(tmp_path / "dir.pt")
-    os.mkfifo(tmp_path / "fifo.pt")
-    with pytest.raises(UserError, match=r"fifo\.pt is a special file \(a FIFO, socket or device\), not a model"):
-        load_torch(tmp_path / "fifo.pt")  # returns at once: a FIFO is never opened
-
-
 def test_an_output_planned_early_is_written_later_in_its_place(tmp_path) -> None:
     log, model = tmp_path / "live", tmp_path / "model.pt"
     with all_or_nothing() as outputs:
         live = outputs.folder(log)
         planned = outputs.path(model)  # before the work, so that an error meanwhile names it; renamed last
         (live / "metrics.json").write_text("{}")
-        outputs.save_torch(model, {"w": torch.zeros(1)})
+        outputs.write_text(model, "m")
         assert outputs.path(model) == planned and planned.stat().st_size > 0
     assert [str(log), str(model)] == errors.WRITTEN and (log / "metrics.json").is_file()
 
