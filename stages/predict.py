@@ -171,8 +171,9 @@ def main() -> None:
     args = parse_args(sys.argv[1:])
     if sys.stdout is None:  # Python's stdout when the shell closed it (`>&-`): print() would drop every line
         raise UserError("cannot write the results: standard output is closed")
-    model_path = args.checkpoint or Path(MODEL_PATH.format(name=args.model or "cnn"))
-    model, cfg, _ = load_checkpoint(model_path, None if args.checkpoint else args.model or "cnn")
+    name = None if args.checkpoint else args.model or "cnn"  # None: the file says which model it is
+    model_path = args.checkpoint or Path(MODEL_PATH.format(name=name))
+    model, cfg, _ = load_checkpoint(model_path, name)
     paths, images, pictures = [], [], []
     for path in args.images:
         try:
