@@ -1,4 +1,4 @@
-"""Training and evaluation on whole splits held in memory as tensors, plus checkpoint I/O."""
+"""Training and evaluation on whole splits held in memory as tensors."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,11 +20,10 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 from tqdm import tqdm
 
-from stages.data import CLASS_NAMES, Split
+from stages.data import Split
 from stages.errors import UserError
-from stages.files import load_torch
-from stages.models import build_model, check_size
-from stages.params import OPTIMIZERS, CNNParams, MLPParams, ParamsError, TrainParams, parse_section, to_dict
+from stages.models import build_model
+from stages.params import OPTIMIZERS, CNNParams, MLPParams, ParamsError, TrainParams
 
 # A chunk's largest activations (the CNN's first feature maps, 25 MB) stay below the blocks glibc serves from its
 # heap: with 1,000 images they were mapped afresh every chunk, and scoring 5,000 images took 1.8x as long.
@@ -343,62 +341,3 @@ def _progress(row: dict) -> str:
         f"train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f} | "
         f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f} | lr {row['lr']:.2e}"
     )
-
-
-def checkpoint(result: FitResult, cfg: MLPParams | CNNParams) -> dict:
-    """What a model file holds: the kept weights, the params that build the model, and the training record."""
-    state = {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}
-    return {
-        "model": cfg.name,
-        "params": to_dict(cfg),
-        "class_names": list(CLASS_NAMES),
-        "best_epoch": result.best_epoch,
-        "precision": result.precision,
-        "device": result.device,
-        "state_dict": state,
-    }
-
-
-def _check_finite(path: str | Path, name: str, state: dict[str, torch.Tensor]) -> None:
-    """NaN weights predict NaN everywhere: "nan%" in predict and invalid JSON in the metrics."""
-    for key, tensor in state.items():
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise UserError(f"{path} holds NaN or infinite weights ({key}); retrain with `dvc repro train_{name}`")
-
-
-def load_checkpoint(path: str | Path, name: str) -> tuple[nn.Module, MLPParams | CNNParams, dict]:
-    """Rebuild a model from its checkpoint (weights_only), checking it is the model and shapes it claims.
-
-    Returns the model, its params and the training record (best_epoch, precision, device).
-    """
-    ckpt = load_torch(path)
-    if (
-        not isinstance(ckpt, dict)
-        or not {"model", "params", "state_dict"} <= ckpt.keys()
-        or ckpt["model"] != name
-        or not isinstance(ckpt["state_dict"], dict)
-        or not all(isinstance(v, torch.Tensor) for v in ckpt["state_dict"].values())
-    ):
-        raise UserError(f"{path} is not a {name} checkpoint of this project; retrain with `dvc repro train_{name}`")
-    try:
-        cfg = parse_section(name, ckpt["params"])
-    except ParamsError as exc:
-        raise UserError(f"{path} carries invalid params ({exc}); retrain with `dvc repro train_{name}`") from None
-    check_size(cfg)
-    model = build_model(cfg)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    found = {k: tuple(v.shape) for k, v in ckpt["state_dict"].items()}
-    if expected != found:
-        diff = sorted(set(expected.items()) ^ set(found.items()))
-        key = diff[0][0]
-        raise UserError(
-            f"{path} does not match its own {name} params: {key} has shape {found.get(key, 'missing')}, "
-            f"the params build {expected.get(key, 'no such tensor')}; retrain with `dvc repro train_{name}`"
-        )
-    _check_finite(path, name, ckpt["state_dict"])
-    model.load_state_dict(ckpt["state_dict"])
-    record = {key: ckpt.get(key) for key in ("best_epoch", "precision", "device")}
-    kinds = {"best_epoch": int, "precision": str, "device": str}  # they go into metrics JSON as they are
-    if not all(value is None or type(value) is kinds[key] for key, value in record.items()):
-        raise UserError(f"{path} carries a malformed training record; retrain with `dvc repro train_{name}`")
-    return model.to(memory_format=memory_layout(cfg)), cfg, record

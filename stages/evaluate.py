@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from stages.checkpoint import load_checkpoint
 from stages.data import CLASS_NAMES, confusion, load_split
-from stages.engine import MODEL_PATH, load_checkpoint, score, to_inputs, untrained_model
+from stages.engine import MODEL_PATH, score, to_inputs, untrained_model
 from stages.errors import entry_point
 from stages.files import atomic_path, write_json
 from stages.models import count_parameters

@@ -7,15 +7,11 @@ nothing for a stage that failed (see stages/errors.py), so no set of files needs
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import math
 import os
-import pickle
-import re
 import stat
 import tempfile
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -93,56 +89,3 @@ def not_a_regular_file(path: Path) -> str | None:
     if stat.S_ISDIR(mode):
         return "is a directory"
     return None if stat.S_ISREG(mode) else "is a special file (a FIFO, socket or device)"
-
-
-# --- TEMPORARY: moves to stages/checkpoint.py at the merge ---
-def save_torch(path: str | Path, obj: Any) -> None:
-    """torch.save, byte for byte the same for the same tensors.
-
-    Saved to a path, torch names the zip's records after the file, here a random temporary name; saved to a
-    buffer they are always named `archive/`, so identical weights give identical files and DVC hashes.
-    """
-    import torch  # here, not at the top: prepare and report, which never touch a model, skip its seconds of import
-
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buffer.getvalue())
-
-
-def _head(path: Path, size: int) -> bytes:
-    with open(path, "rb") as f:
-        return f.read(size)
-
-
-def _starts_like_pickle(path: Path) -> bool:
-    head = _head(path, 2)
-    return len(head) == 2 and head[0] == pickle.PROTO[0] and 2 <= head[1] <= pickle.HIGHEST_PROTOCOL
-
-
-def load_torch(path: str | Path) -> Any:
-    """Load a checkpoint with weights_only=True; anything that would run code is refused."""
-    path = Path(path)
-    problem = not_a_regular_file(path)
-    if problem == "does not exist":
-        raise UserError(f"{path} does not exist: run `dvc repro` to create it")
-    if problem:
-        raise UserError(f"{path} {problem}, not a model file: remove it, then run `dvc repro` to create it")
-    if not zipfile.is_zipfile(path) and not _starts_like_pickle(path):
-        # torch.save writes a zip archive (an old one a bare pickle): random bytes are neither, and are no code.
-        what = "a truncated or damaged" if _head(path, 4) == b"PK\x03\x04" else "not a"
-        raise UserError(f"{path} is {what} PyTorch model file: retrain with `dvc repro`")
-    import torch  # see _save_torch_to
-
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        found = re.search(r"(?:unsupported|Unsupported global:) GLOBAL ([\w.]+)", str(exc))
-        what = f"such as {found[1]}" if found else "the weights-only loader refused it"
-        raise UserError(
-            f"refusing to load {path}: it holds objects other than tensors and plain data "
-            f"({what}); only load model files you trust, or retrain with `dvc repro`"
-        ) from None
-    except (RuntimeError, EOFError, ValueError, KeyError, OSError, zipfile.BadZipFile) as exc:
-        reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path} is not a readable model file ({reason}): retrain with `dvc repro`") from None

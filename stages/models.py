@@ -73,15 +73,18 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def check_size(cfg: MLPParams | CNNParams) -> None:
-    """Refuse a model too large to train here, before any of it is allocated for real."""
+def check_size(cfg: MLPParams | CNNParams, where: str = "params.yaml", fix: str | None = None) -> None:
+    """Refuse a model too large to train here, before any of it is allocated for real.
+
+    `where` names the file the params come from, and `fix` replaces the advice to make them smaller: a
+    checkpoint's own params are fixed by getting another file, not by editing them."""
     with torch.device("meta"):  # parameters without memory: an oversized model is counted, never allocated
         model = build_model(cfg)
     sizes = f"{cfg.name}.hidden" if isinstance(cfg, MLPParams) else f"{cfg.name}.channels or {cfg.name}.fc"
     if count_parameters(model) > MAX_PARAMETERS:
         raise ParamsError(
-            f"params.yaml: {cfg.name} would have {count_parameters(model):,} parameters, more than the "
-            f"{MAX_PARAMETERS:,} this project allows; make {sizes} smaller"
+            f"{where}: {cfg.name} would have {count_parameters(model):,} parameters, more than the "
+            f"{MAX_PARAMETERS:,} this project allows; {fix or f'make {sizes} smaller'}"
         )
     # Within that limit the model is small enough to materialise, uninitialised (no random numbers drawn), and
     # run on one image: every layer's output grows with the batch, so one image's outputs times the batch size
@@ -95,7 +98,7 @@ def check_size(cfg: MLPParams | CNNParams) -> None:
     kept = sum(per_image) * cfg.batch_size
     if kept > MAX_ACTIVATIONS:
         raise ParamsError(
-            f"params.yaml: {cfg.name} would keep {kept:,} values per batch of {cfg.batch_size} for the "
-            f"backward pass, more than the {MAX_ACTIVATIONS:,} this project allows; lower {cfg.name}.batch_size "
-            f"or make {sizes} smaller"
+            f"{where}: {cfg.name} would keep {kept:,} values per batch of {cfg.batch_size} for the "
+            f"backward pass, more than the {MAX_ACTIVATIONS:,} this project allows; "
+            f"{fix or f'lower {cfg.name}.batch_size or make {sizes} smaller'}"
         )

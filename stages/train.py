@@ -6,10 +6,10 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from stages.checkpoint import make_checkpoint, save_checkpoint
 from stages.data import load_split
-from stages.engine import MODEL_PATH, checkpoint, fit, resolve_device
+from stages.engine import MODEL_PATH, fit, resolve_device
 from stages.errors import UserError, entry_point
-from stages.files import save_torch
 from stages.models import check_size
 from stages.params import MODELS, check_batches, load_params
 
@@ -56,7 +56,7 @@ def main() -> None:
     # DVCLive writes its log in place as each epoch ends, so that `dvc exp show` and `dvc plots` follow the run.
     model_path = MODEL_PATH.format(name=name)
     result = fit(cfg, train, val, device, on_epoch=live_logger(name, Path(LIVE_DIR.format(name=name))))
-    save_torch(model_path, checkpoint(result, cfg))
+    save_checkpoint(model_path, make_checkpoint(result, cfg))
     best = result.history[result.best_epoch - 1]
     print(
         f"train_{name}: kept epoch {result.best_epoch} of {cfg.epochs} (val acc {best['val_acc']:.4f}) in "

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from stages.data import Split, find_source, load_raw
 from tests.helpers import make_project, run
 
 
@@ -21,3 +22,9 @@ def reproduced(tmp_path_factory: pytest.TempPathFactory) -> Path:
     dest = make_project(tmp_path_factory.mktemp("reproduced") / "project")
     run(dest, "dvc", "repro")
     return dest
+
+
+@pytest.fixture(scope="module")
+def official_splits() -> tuple[Split, Split]:
+    """The real training and test images, found the way `prepare` finds them."""
+    return load_raw(find_source(None))

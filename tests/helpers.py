@@ -14,8 +14,8 @@ from pathlib import Path
 import yaml
 
 from benchmarks.notebook import notebook_params
-from stages.engine import FitResult, checkpoint
-from stages.files import save_torch
+from stages.checkpoint import make_checkpoint, save_checkpoint
+from stages.engine import FitResult
 from stages.params import MODELS, CNNParams, MLPParams, parse_section, read_yaml, set_dotted
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,4 +109,4 @@ def notebook(name: str) -> MLPParams | CNNParams:
 
 def save_model(path: Path, result: FitResult, cfg: MLPParams | CNNParams) -> None:
     """A trained model's file, written as the train stage writes it."""
-    save_torch(path, checkpoint(result, cfg))
+    save_checkpoint(path, make_checkpoint(result, cfg))

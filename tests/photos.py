@@ -8,7 +8,10 @@ so a perfect `predict` would get the test image back up to resampling and compre
 
 from __future__ import annotations
 
+import struct
+import zlib
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -142,3 +145,26 @@ KINDS: dict[str, Callable[[np.ndarray, np.random.Generator], Image.Image]] = {
     "off_centre": off_centre,
     "dark_backdrop": dark_backdrop,
 }
+
+
+def save(path: Path, image: Image.Image | np.ndarray, **kwargs) -> Path:
+    """Write a picture (PIL or uint8 array) to `path`, its format from the name unless `format` is given."""
+    (image if isinstance(image, Image.Image) else Image.fromarray(image)).save(path, **kwargs)
+    return path
+
+
+def header_only_png(path: Path, width: int, height: int) -> Path:
+    """A grayscale PNG that claims a size; Pillow must refuse it from the header, before decoding anything."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    png = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(bytes(width + 1)))
+        + chunk(b"IEND", b"")
+    )
+    path.write_bytes(png)
+    return path

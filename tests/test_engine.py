@@ -1,8 +1,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
-import pickle
 import subprocess
 import sys
 
@@ -20,7 +18,6 @@ from stages.engine import (
     build_optimizer,
     build_scheduler,
     fit,
-    load_checkpoint,
     predict_log_probs,
     resolve_device,
     resolve_precision,
@@ -30,7 +27,7 @@ from stages.engine import (
 )
 from stages.errors import UserError
 from stages.models import build_model
-from tests.helpers import ROOT, notebook, save_model, tiny_cfg
+from tests.helpers import ROOT, notebook, tiny_cfg
 
 CPU = torch.device("cpu")
 
@@ -115,26 +112,6 @@ def test_notebook_configs_learn_with_plain_sgd(name, tiny_data) -> None:
     assert [row["lr"] for row in history] == [cfg.lr] * 3 and [row["epoch"] for row in history] == [1, 2, 3]
 
 
-def test_checkpoint_round_trip(tmp_path, tiny_data) -> None:
-    cfg = tiny_cfg("cnn")
-    result = fit(cfg, *tiny_data, CPU)
-    save_model(tmp_path / "cnn.pt", result, cfg)
-    model, loaded, record = load_checkpoint(tmp_path / "cnn.pt", "cnn")
-    assert loaded == cfg
-    assert record == {"best_epoch": result.best_epoch, "precision": result.precision, "device": "cpu"}
-    x = torch.randn(4, 1, 28, 28)
-    assert torch.equal(model.eval()(x), result.model.eval()(x))
-    assert list(tmp_path.iterdir()) == [tmp_path / "cnn.pt"]  # no temporary file left behind
-
-
-def test_the_same_weights_saved_twice_are_the_same_bytes(tmp_path, tiny_data) -> None:
-    cfg = tiny_cfg("mlp")
-    result = fit(cfg, *tiny_data, CPU)
-    save_model(tmp_path / "a.pt", result, cfg)
-    save_model(tmp_path / "b.pt", result, cfg)
-    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
-
-
 def test_each_epoch_is_reported_as_it_ends(tiny_data) -> None:
     seen = []
     result = fit(tiny_cfg("mlp", epochs=2), *tiny_data, CPU, on_epoch=seen.append)
@@ -166,30 +143,6 @@ def test_native_bf16_means_amx_or_avx512_bf16(monkeypatch, amx, avx512_bf16, nat
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
     assert engine.cpu_has_native_bf16() is native
-
-
-class Payload:
-    def __reduce__(self):
-        return (os.system, ("touch payload-ran",))
-
-
-def test_pickled_code_is_refused_and_never_runs(tmp_path, monkeypatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    with open("cnn.pt", "wb") as f:
-        pickle.dump({"model": "cnn", "params": {}, "state_dict": Payload()}, f)
-    torch.save({"model": "cnn", "state_dict": Payload()}, "cnn2.pt")
-    for path in ("cnn.pt", "cnn2.pt"):
-        with pytest.raises(UserError, match=f"refusing to load {path}"):
-            load_checkpoint(path, "cnn")
-    assert not (tmp_path / "payload-ran").exists()
-
-
-def test_checkpoint_whose_shapes_do_not_match_its_params(tmp_path, tiny_data) -> None:
-    cfg = tiny_cfg("mlp")
-    result = fit(cfg, *tiny_data, CPU)
-    save_model(tmp_path / "mlp.pt", result, dataclasses.replace(cfg, hidden=[64, 32]))
-    with pytest.raises(UserError, match=r"does not match its own mlp params: 1\.\w+ has shape"):
-        load_checkpoint(tmp_path / "mlp.pt", "mlp")
 
 
 def test_erase_blanks_one_rectangle_per_chosen_image() -> None:
@@ -272,24 +225,6 @@ def test_tta_averages_the_probabilities_of_the_image_and_its_mirror() -> None:
     assert torch.allclose(averaged, (plain + mirrored) / 2, atol=1e-6)
     assert not torch.allclose(averaged, plain, atol=1e-4)
     assert torch.allclose(predict_log_probs(model, x, dataclasses.replace(cfg, tta=False)).exp(), plain, atol=1e-6)
-
-
-def test_a_checkpoint_of_the_other_model_is_refused(tmp_path, tiny_data) -> None:
-    cfg = tiny_cfg("mlp")
-    save_model(tmp_path / "mlp.pt", fit(cfg, *tiny_data, CPU), cfg)
-    load_checkpoint(tmp_path / "mlp.pt", "mlp")
-    with pytest.raises(UserError, match=r"mlp\.pt is not a cnn checkpoint of this project; retrain with `dvc repro"):
-        load_checkpoint(tmp_path / "mlp.pt", "cnn")
-
-
-def test_nan_weights_are_refused_when_loading(tmp_path, tiny_data) -> None:
-    cfg = tiny_cfg("mlp")
-    result = fit(cfg, *tiny_data, CPU)
-    with torch.no_grad():
-        result.model[1].weight[0, 0] = float("nan")
-    save_model(tmp_path / "mlp.pt", result, cfg)
-    with pytest.raises(UserError, match=r"holds NaN or infinite weights \(1\.weight\); retrain"):
-        load_checkpoint(tmp_path / "mlp.pt", "mlp")
 
 
 @pytest.mark.parametrize(
