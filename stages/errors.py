@@ -37,14 +37,6 @@ class UserError(Exception):
     """Something the user can fix; the message says what is wrong and how to fix it."""
 
 
-class Interrupted(BaseException):
-    """A signal. A BaseException, like KeyboardInterrupt, so that no `except Exception` swallows it."""
-
-    def __init__(self, signum: int):
-        super().__init__(f"interrupted by {signal.Signals(signum).name}")
-        self.signum = signum
-
-
 def describe_os_error(exc: OSError) -> str:
     """`path: reason; what to do`, without the errno numbers and quoting Python adds."""
     where = f"{exc.filename}: " if exc.filename else ""
@@ -72,17 +64,10 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
-def _drop_stdout() -> None:
-    """Point stdout at /dev/null, so that Python's last flush at exit does not fail a second time."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
-
-
 def entry_point(main: Callable[[], None] | None = None, *, needs_params: bool = True) -> Callable:
     """Wrap an entry point's main(): every way it can stop becomes one line and a non-zero exit code.
 
-    A signal raises Interrupted where the program is, and is remembered, so that the process exits with the
+    A signal raises KeyboardInterrupt where the program is, and is remembered, so that the process exits with the
     signal's code even where a library swallows the exception (in a `__del__` or a callback); a second signal
     while the first unwinds is ignored. `needs_params=False` for a command that runs outside the repository.
     """
@@ -94,9 +79,9 @@ def entry_point(main: Callable[[], None] | None = None, *, needs_params: bool = 
         received: list[int] = []
 
         def on_signal(signum: int, _frame: object) -> None:
-            if not received:
+            if not received:  # KeyboardInterrupt, a BaseException: no `except Exception` swallows it
                 received.append(signum)
-                raise Interrupted(signum)
+                raise KeyboardInterrupt
 
         for sig in SIGNALS:
             signal.signal(sig, on_signal)
@@ -107,10 +92,10 @@ def entry_point(main: Callable[[], None] | None = None, *, needs_params: bool = 
                 raise UserError(f"no params.yaml in {Path.cwd()}: run the stages from the repository root")
             main()
             sys.stdout.flush()  # here, where a failure is one line, rather than at exit
-        except (Interrupted, KeyboardInterrupt) as exc:  # KeyboardInterrupt: if a library restored Python's handler
-            received[:1] = [getattr(exc, "signum", signal.SIGINT)]
+        except KeyboardInterrupt:  # ours, or Python's own if a library restored its SIGINT handler
+            received[:1] = received or [signal.SIGINT]
         except BrokenPipeError:  # a reader that stopped early (`| head -1`): end quietly, as any Unix tool does
-            _drop_stdout()
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that the flush at exit cannot fail
             sys.exit(128 + signal.SIGPIPE)
         except UserError as exc:
             _fail(str(exc), 1)

@@ -1,8 +1,5 @@
-"""Writing outputs: each file whole or not at all, and the same bytes for the same content.
-
-That is all a stage needs beyond DVC: `dvc repro` itself removes a stage's outputs before running it and records
-nothing for a stage that failed (see stages/errors.py), so no set of files needs to change together.
-"""
+"""Writing outputs: each file whole or not at all, the same bytes for the same content. Beyond that, DVC's rule
+holds (stages/errors.py): no set of files needs to change together."""
 
 from __future__ import annotations
 
@@ -14,9 +11,10 @@ import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from stages.errors import UserError
+from stages.params import flatten
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -24,11 +22,8 @@ if TYPE_CHECKING:
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """`with atomic_path(path) as tmp:` write `tmp`; it is renamed to `path` only if the block ends well.
-
-    The temporary, `.<name>.<random>.tmp` beside `path` (ignored by git and DVC), is removed on any failure; a
-    SIGKILL or a power cut can leave one behind, never a half-written `path`. An OS error names `path`.
-    """
+    """`with atomic_path(path) as tmp:` write `tmp`, renamed to `path` if the block ends well, else removed. The
+    temporary, `.<name>.<random>.tmp` (ignored by git and DVC), is all a SIGKILL can leave. OS errors name `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -54,23 +49,15 @@ def write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-def write_json(path: str | Path, obj: Any) -> None:
+def write_json(path: str | Path, obj: dict) -> None:
     """Indented JSON, refusing NaN and infinities (which would make the file invalid JSON)."""
     try:
         text = json.dumps(obj, indent=2, allow_nan=False) + "\n"
     except ValueError:
-        raise UserError(f"{path} would hold NaN or an infinity, which JSON cannot: {_non_finite(obj)}") from None
+        found = (f"{k} is {v}" for k, v in flatten(obj).items() if isinstance(v, float) and not math.isfinite(v))
+        bad = next(found, "a value in a list")
+        raise UserError(f"{path} would hold NaN or an infinity, which JSON cannot: {bad}") from None
     write_text(path, text)
-
-
-def _non_finite(obj: Any, where: str = "") -> str:
-    """The first non-finite number in nested dicts, as `cnn.test_loss is nan`."""
-    if isinstance(obj, dict):
-        found = (_non_finite(v, f"{where}.{k}".lstrip(".")) for k, v in obj.items())
-        return next(filter(None, found), "")
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return f"{where or 'the value'} is {obj}"
-    return ""
 
 
 def save_png(fig: Figure, path: str | Path, dpi: int = 100) -> None:

@@ -125,8 +125,7 @@ def write_show(folder: Path, name: str, picture: np.ndarray, seen: np.ndarray, t
     bars.bar_label(bars.containers[0], [f"{p:.1%}" for p in probs], padding=2, fontsize=8)
     bars.set_title(f"prediction: {top[0][0]}", fontsize=9)
     bars.tick_params(axis="x", labelsize=7)
-    with atomic_path(files["shown"]) as tmp:
-        save_png(fig, tmp)
+    save_png(fig, files["shown"])
     return files
 
 

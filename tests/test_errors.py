@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from stages.errors import Interrupted, UserError, entry_point
+from stages.errors import UserError, entry_point
 from tests.helpers import BIN, ROOT
 
 
@@ -65,7 +65,17 @@ def test_os_errors_are_one_line_with_the_path_and_what_to_do(capsys, number, adv
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)])
 def test_interrupts_name_the_signal_and_exit_128_plus_it(capsys, sig, code) -> None:
-    assert outcome(capsys, Interrupted(sig)) == (code, f"error: interrupted by {sig.name}; rerun to start over\n")
+    @entry_point
+    def main() -> None:
+        os.kill(os.getpid(), sig)
+        time.sleep(5)
+
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert (exit_.value.code, capsys.readouterr().err) == (
+        code,
+        f"error: interrupted by {sig.name}; rerun to start over\n",
+    )
 
 
 def test_no_params_yaml_is_refused_unless_the_command_runs_anywhere(capsys, tmp_path) -> None:
@@ -82,6 +92,20 @@ def run_entry_point(body: str, **popen) -> subprocess.Popen:
     code = "import os, signal, sys, time\nfrom stages.errors import entry_point\n"
     code += f"@entry_point\ndef main():\n{textwrap.indent(textwrap.dedent(body), '    ')}\nmain()\n"
     return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stderr=subprocess.PIPE, text=True, **popen)
+
+
+def test_an_interrupt_is_not_swallowed_by_except_exception(capsys) -> None:
+    @entry_point
+    def main() -> None:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        except Exception:  # what a careless library does
+            pytest.fail("swallowed")
+
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code == 143
 
 
 def test_a_signal_that_a_library_swallows_still_ends_the_process_with_its_code() -> None:
