@@ -12,6 +12,7 @@ from stages.errors import UserError, entry_point
 from stages.files import all_or_nothing
 from stages.models import check_size
 from stages.params import MODELS, check_batches, load_params
+from stages.trial import reporting
 
 LIVE_DIR = "dvclive/{name}"
 
@@ -57,7 +58,7 @@ def main() -> None:
         live_dir = outputs.live_folder(LIVE_DIR.format(name=name))
         model_path = MODEL_PATH.format(name=name)
         outputs.path(model_path)  # planned now, so that an error during training names it too
-        result = fit(cfg, train, val, device, on_epoch=live_logger(name, live_dir))
+        result = fit(cfg, train, val, device, on_epoch=reporting(name, live_logger(name, live_dir)))
         outputs.save_torch(model_path, checkpoint(result, cfg))
     best = result.history[result.best_epoch - 1]
     print(
