@@ -75,14 +75,17 @@ def _number(value: object) -> str:
 
 
 def seed_groups(rows: list[Row]) -> list[list[Row]]:
-    """The rows in order, each finished experiment together with the later ones that differ only in their seeds.
-    The workspace and the baselines stay rows of their own: they are what the experiments are read against."""
-    groups: dict[str, list[Row]] = {}
+    """The rows in order, each finished experiment together with the others that differ only in their seeds,
+    oldest first (`dvc exp show` lists the newest first) and one run per seed: a rerun of the same seeds is the
+    same run, not another sample. The workspace and the baselines stay rows of their own: they are what the
+    experiments are read against."""
+    groups: dict[str, dict[str, tuple[int, Row]]] = {}
     for i, row in enumerate(rows):
-        setting = {k: v for k, v in row.params.items() if k not in SEEDS}
+        setting = json.dumps({k: v for k, v in row.params.items() if k not in SEEDS}, sort_keys=True)
+        seeds = json.dumps([row.params.get(k) for k in SEEDS])
         alone = row.baseline or row.state != "success"
-        groups.setdefault(f"row {i}" if alone else json.dumps(setting, sort_keys=True), []).append(row)
-    return list(groups.values())
+        groups.setdefault(f"row {i}" if alone else setting, {})[seeds] = (i, row)  # the older run of the seeds wins
+    return [[row for _, row in sorted(group.values(), reverse=True)] for group in groups.values()]
 
 
 def _mean(group: list[Row], key: str) -> str:
@@ -92,10 +95,15 @@ def _mean(group: list[Row], key: str) -> str:
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
+def _param(value: object) -> str:
+    """A param for the table: floats to 4 significant digits, so a sampled lr is not 18 characters wide."""
+    return f"{value:.4g}" if isinstance(value, float) else json.dumps(value)
+
+
 def _params_cell(group: list[Row], changed: list[str]) -> str:
     cells = []
     for key in changed:
-        values = list(dict.fromkeys(json.dumps(row.params.get(key)) for row in group))
+        values = list(dict.fromkeys(_param(row.params.get(key)) for row in group))
         cells.append(f"{key}={'/'.join(values)}")
     if len(cells) > MAX_PARAMS:
         cells[MAX_PARAMS:] = [f"+{len(cells) - MAX_PARAMS} more"]
@@ -110,7 +118,7 @@ def table(rows: list[Row], markdown: bool = False, width: int = WIDTH) -> str:
     headers.append("params that differ")
     body = []
     for group in seed_groups(rows):
-        first = group[0]
+        first = group[0]  # the oldest run of the setting names it (usually the one that was then reseeded)
         name = first.name if first.state == "success" else f"{first.name} ({first.state})"
         if len(group) > 1:
             name += f" (x{len(group)} seeds)"

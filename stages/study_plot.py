@@ -57,7 +57,8 @@ def draw(study: optuna.Study, space: tuple, path: Path) -> None:
         ax.set_title(param.key, fontsize=9)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("val acc (kept epoch)")
-    axes[0][0].legend(fontsize=7, loc="lower left")
+    if axes[0][0].get_legend_handles_labels()[0]:  # a study without a finished trial has nothing to label
+        axes[0][0].legend(fontsize=7, loc="lower left")
     fig.suptitle(f"study {study.study_name}: each param against the objective", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ It only ever creates experiments: params.yaml, the workspace and the git history
 from __future__ import annotations
 
 import argparse
-import copy
+import contextlib
 import csv
 import io
 import json
@@ -24,122 +24,16 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import yaml
 
 from stages.errors import UserError, entry_point
-from stages.params import MODELS, ParamsError, flatten, parse_section, read_yaml, set_dotted
+from stages.params import read_yaml
 from stages.study_plot import draw
 from stages.trial import ENV, PRUNED, make_pruner, open_storage
+from stages.tune_config import Config, cli_value, load_config
 
 OUT_DIR = Path("tuning")  # the default journal, the picture and each trial's log; ignored by git
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,39}")  # a study name that makes valid experiment names
 VAL_ACC = "dvclive/{model}/plots/metrics/{model}/val/acc.tsv"
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
-
-
-@dataclass(frozen=True)
-class Param:
-    """One dotted params.yaml key and where to look: a range (low, high; log or step) or a list of choices."""
-
-    key: str
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    step: float | None = None
-    choices: tuple[str, ...] = ()  # as JSON: Optuna's choices must be scalars, ours may be lists
-
-    def sample(self, trial: optuna.Trial) -> Any:
-        if self.choices:
-            return json.loads(trial.suggest_categorical(self.key, self.choices))
-        if all(isinstance(v, int) and not isinstance(v, bool) for v in (self.low, self.high, self.step or 1)):
-            return trial.suggest_int(self.key, self.low, self.high, step=self.step or 1, log=self.log)
-        return trial.suggest_float(self.key, self.low, self.high, step=self.step, log=self.log)
-
-    def extremes(self) -> list[Any]:
-        return [json.loads(c) for c in self.choices] if self.choices else [self.low, self.high]
-
-
-@dataclass(frozen=True)
-class Config:
-    study: str
-    objective: str  # the model whose kept epoch's validation accuracy is maximised
-    trials: int
-    pruner: dict[str, int]
-    space: tuple[Param, ...]
-
-
-def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _param(key: str, spec: Any, where: str) -> Param:
-    if not isinstance(spec, dict) or not (set(spec) == {"choices"} or {"low", "high"} <= set(spec)):
-        raise UserError(f"{where}: space.{key} must be {{choices: [...]}} or {{low: L, high: H}} (log: true, step: S)")
-    if "choices" in spec:
-        if not isinstance(spec["choices"], list) or not spec["choices"]:
-            raise UserError(f"{where}: space.{key}.choices must be a non-empty list")
-        return Param(key, choices=tuple(dict.fromkeys(json.dumps(c) for c in spec["choices"])))
-    unknown = set(spec) - {"low", "high", "log", "step"}
-    low, high, log, step = spec["low"], spec["high"], spec.get("log", False), spec.get("step")
-    if unknown or not (_number(low) and _number(high)) or not isinstance(log, bool):
-        raise UserError(f"{where}: space.{key} takes numbers low and high, log: true|false and step (got {spec})")
-    if low >= high:
-        raise UserError(f"{where}: space.{key} is an empty range: low {low} must be below high {high}")
-    if log and (low <= 0 or step is not None):
-        raise UserError(f"{where}: space.{key}: a log range needs low > 0 and no step")
-    if step is not None and not (_number(step) and step > 0):
-        raise UserError(f"{where}: space.{key}.step must be a positive number")
-    return Param(key, low, high, log, step)
-
-
-def load_config(path: str | Path, params: dict) -> Config:
-    """tune.yaml, checked against `params` (params.yaml as read): every value it can sample is a legal param."""
-    try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except OSError as exc:
-        raise UserError(f"cannot read {path}: {exc.strerror}; run from the repository root") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise UserError(f"{path} is not valid YAML{f' at line {mark.line + 1}' if mark else ''}") from None
-    keys = {"study", "objective", "trials", "pruner", "space"}
-    if not isinstance(raw, dict) or set(raw) != keys:
-        raise UserError(f"{path} must be a mapping with exactly the keys {', '.join(sorted(keys))}")
-    if not isinstance(raw["study"], str) or not NAME.fullmatch(raw["study"]):
-        raise UserError(f"{path}: study must be a name of letters, digits, - and _ (up to 40), got {raw['study']!r}")
-    if raw["objective"] not in MODELS:
-        raise UserError(f"{path}: objective must be one of {', '.join(MODELS)} (its kept epoch's val accuracy)")
-    if not (isinstance(raw["trials"], int) and raw["trials"] > 0):
-        raise UserError(f"{path}: trials must be a positive integer")
-    pruner = raw["pruner"]
-    if (
-        not isinstance(pruner, dict)
-        or set(pruner) != {"startup_trials", "warmup_epochs"}
-        or not all(isinstance(v, int) and v >= 0 for v in pruner.values())
-    ):
-        raise UserError(f"{path}: pruner must be {{startup_trials: N, warmup_epochs: M}} with integers >= 0")
-    if not isinstance(raw["space"], dict) or not raw["space"]:
-        raise UserError(f"{path}: space must map params.yaml keys (as `dvc exp run -S` names them) to ranges")
-    known = flatten(params)
-    space = []
-    for key, spec in raw["space"].items():
-        if key not in known:
-            raise UserError(f"{path}: space.{key} is not a params.yaml key; keys look like mlp.lr or cnn.augment.erase")
-        param = _param(key, spec, str(path))
-        for value in param.extremes():  # the params' own rules say which values are legal
-            changed = copy.deepcopy(params)
-            set_dotted(changed, key, value)
-            section = key.split(".")[0]
-            try:
-                parse_section(section, changed[section])
-            except ParamsError as exc:
-                raise UserError(f"{path}: space.{key} reaches {json.dumps(value)}, which {exc}") from None
-        space.append(param)
-    return Config(raw["study"], raw["objective"], raw["trials"], pruner, tuple(space))
-
-
-def cli_value(value: Any) -> str:
-    """A value as `dvc exp run -S key=value` reads it (YAML): strings bare, the rest as JSON."""
-    return value if isinstance(value, str) else json.dumps(value)
 
 
 @dataclass
@@ -168,21 +62,21 @@ class Tuner:
                 if self.claimed() >= self.total:
                     return
                 trial = self.study.ask()
+            name = f"{self.cfg.study}-{trial.number}"  # Optuna numbers trials across every worker: no name twice
+            trial.set_user_attr("experiment", name)
             try:
-                state, value, note = self.run(trial)
-            except Exception as exc:  # noqa: BLE001 - any fault of one trial is that trial's failure
+                state, value, note = self.run(trial, name)
+            except Exception as exc:  # any fault of one trial is that trial's failure, not the study's
                 state, value, note = optuna.trial.TrialState.FAIL, None, f"failed: {exc}"
             if self.stop.is_set():
                 trial.set_user_attr("interrupted", True)
-                state, value = optuna.trial.TrialState.FAIL, None
+                state, value, note = optuna.trial.TrialState.FAIL, None, "interrupted"
             self.study.tell(trial, value, state)
-            print(f"{trial.user_attrs['experiment']}: {note}", flush=True)
+            print(f"{name}: {note}", flush=True)
 
-    def run(self, trial: optuna.Trial) -> tuple[optuna.trial.TrialState, float | None, str]:
-        name = f"{self.cfg.study}-{trial.number}"
+    def run(self, trial: optuna.Trial, name: str) -> tuple[optuna.trial.TrialState, float | None, str]:
         values = {p.key: p.sample(trial) for p in self.cfg.space}
         model = self.cfg.objective
-        trial.set_user_attr("experiment", name)
         trial.set_user_attr("epochs", values.get(f"{model}.epochs", self.params[model]["epochs"]))
         # The trial's id (Optuna has no public getter) lets the train stage report to this very trial.
         spec = {"storage": self.storage, "study": self.cfg.study, "trial_id": trial._trial_id, "model": model}
@@ -194,7 +88,8 @@ class Tuner:
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "w") as out:
             cmd = ["dvc", "--wait-for-lock", "exp", "run", "--temp", "-n", name, *sets]
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+            # A session of its own: Ctrl-C reaches the study alone, which passes it on to every run it started.
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
             self.running.add(proc)
             proc.wait()
             self.running.discard(proc)
@@ -203,8 +98,10 @@ class Tuner:
             pruned = re.search(f"{PRUNED} [0-9]+", text)
             if pruned:
                 return optuna.trial.TrialState.PRUNED, None, pruned[0]
-            errors = [line for line in text.splitlines() if line.startswith(("error:", "ERROR:"))] or ["no message"]
-            return optuna.trial.TrialState.FAIL, None, f"failed ({errors[-1]}; see {log})"
+            # The stage's own `error:` line says what went wrong; DVC's `ERROR:` lines only that a stage failed.
+            lines = text.splitlines()
+            errors = [ln for ln in lines if ln.startswith("error:")] or [ln for ln in lines if ln.startswith("ERROR:")]
+            return optuna.trial.TrialState.FAIL, None, f"failed ({(errors or ['no message'])[-1]}; see {log})"
         value = self.objective(name)
         if self.push:
             subprocess.run(["dvc", "exp", "push", self.push, name], check=True, capture_output=True)
@@ -235,7 +132,7 @@ def open_study(cfg: Config, url: str) -> optuna.Study:
             sampler=optuna.samplers.TPESampler(constant_liar=True),  # K workers don't all try the same point
             pruner=make_pruner(cfg.pruner),
         )
-    except Exception as exc:  # noqa: BLE001 - whatever the backend raises, it is one line
+    except Exception as exc:  # whatever the backend raises (a file, a database driver), it is one line
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise UserError(f"cannot open the study storage {url}: {reason}; check --storage") from None
 
@@ -290,9 +187,11 @@ def main() -> None:
         url = str(Path(url).resolve())
         if not args.storage:
             OUT_DIR.mkdir(exist_ok=True)
-    baseline = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode != 0:
+        raise UserError("make tune runs trials as experiments of the last commit: git add -A && git commit first")
     study = open_study(cfg, url)
-    tuner = Tuner(cfg, study, url, args.trials or cfg.trials, args.workers, args.push, baseline.strip(), params)
+    tuner = Tuner(cfg, study, url, args.trials or cfg.trials, args.workers, args.push, head.stdout.strip(), params)
     threads = [threading.Thread(target=tuner.work, daemon=True) for _ in range(args.workers)]
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _interrupt)
@@ -306,7 +205,8 @@ def main() -> None:
             signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
         tuner.stop.set()
         for proc in list(tuner.running):
-            proc.send_signal(signal.SIGINT)
+            with contextlib.suppress(ProcessLookupError):  # it may have ended meanwhile
+                os.killpg(proc.pid, signal.SIGINT)  # dvc and the stage it runs
         for thread in threads:
             thread.join()
         print(f"error: interrupted; the study is intact in {url}: run the same command to go on", file=sys.stderr)

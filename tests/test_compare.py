@@ -110,13 +110,15 @@ def _baseline(experiments: list[dict]) -> list[dict]:
 
 
 def test_experiments_that_differ_only_in_seeds_are_one_row_with_mean_and_spread() -> None:
+    # Newest first, as `dvc exp show` lists them: "again" reran seed 1, which adds no sample.
+    runs = ((0, 0.93), (1, 0.94), (2, 0.95))
     shown = _baseline(
-        [_experiment(f"s{seed}", _seeded(seed, 0.003, acc)) for seed, acc in ((0, 0.93), (1, 0.94), (2, 0.95))]
-        + [_experiment("other-lr", _seeded(1, 0.001, 0.91))]
+        [_experiment("again", _seeded(1, 0.003, 0.94)), _experiment("other-lr", _seeded(1, 0.001, 0.91))]
+        + [_experiment(f"s{seed}", _seeded(seed, 0.003, acc)) for seed, acc in reversed(runs)]
     )
     lines = table(rows_from_exp_show(shown)).splitlines()
-    grouped = [line for line in lines if line.startswith("s0")]
-    assert len(grouped) == 1 and not any(line.startswith(("s1", "s2")) for line in lines)
+    grouped = [line for line in lines if line.startswith("s0")]  # named after its oldest run
+    assert len(grouped) == 1 and not any(line.startswith(("s1", "s2", "again")) for line in lines)
     assert "(x3 seeds)" in grouped[0] and "0.9400 ± 0.0100" in grouped[0]  # mean and sample standard deviation
     assert "cnn.seed=0/1/2" in grouped[0] and "cnn.lr=0.003" in grouped[0]
     # A different lr is another setting, and the baseline stays a row of its own even with seed 0's params.

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -13,8 +17,9 @@ import pytest
 from stages.errors import UserError
 from stages.params import read_yaml
 from stages.trial import ENV, Pruned, make_pruner, open_storage, reporting
-from stages.tune import Param, cli_value, load_config, summary
-from tests.helpers import ROOT
+from stages.tune import summary
+from stages.tune_config import Param, cli_value, load_config
+from tests.helpers import BIN, ROOT, run
 
 PARAMS = read_yaml(ROOT / "params.yaml")
 GOOD = """study: s
@@ -158,3 +163,115 @@ def test_bad_input_is_one_line_before_any_trial(args: list[str], message: str) -
     result = _tune(*args)
     assert result.returncode == 1 and result.stderr.startswith(message), result.stderr
     assert result.stderr.count("\n") == 1 and result.stdout == ""
+
+
+TINY_STUDY = """study: tiny
+objective: mlp
+trials: 4
+pruner: {startup_trials: 10, warmup_epochs: 0}  # no pruning: which trial runs where must not change the count
+space:
+  mlp.lr: {low: 0.001, high: 0.01, log: true}
+  mlp.hidden: {choices: [[32], [64]]}
+"""
+
+
+def _clone_with_remotes(reproduced: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """Two clones of the tiny project sharing a bare git remote and a folder DVC remote, as a team's would."""
+    run(tmp_path, "git", "init", "-q", "--bare", "origin.git")
+    first = tmp_path / "first"
+    shutil.copytree(reproduced, first, ignore=lambda folder, _: ["tmp"] if Path(folder).name == ".dvc" else [])
+    (first / "tune.yaml").write_text(TINY_STUDY)
+    run(first, "git", "remote", "add", "origin", str(tmp_path / "origin.git"))
+    run(first, "dvc", "remote", "add", "-d", "team", str(tmp_path / "store"))
+    run(first, "git", "add", "-A")
+    run(first, "git", "commit", "-qm", "Tiny project, reproduced, with a study")
+    run(first, "git", "push", "-q", "origin", "HEAD:main")
+    run(first, "dvc", "push")
+    second = tmp_path / "second"
+    run(tmp_path, "git", "clone", "-q", "-b", "main", str(tmp_path / "origin.git"), str(second))
+    run(second, "dvc", "pull")
+    return first, second
+
+
+def _ran(project: Path) -> set[str]:
+    return {log.stem for log in (project / "tuning" / "logs").glob("*.log")}
+
+
+@pytest.mark.slow
+@pytest.mark.long
+def test_two_clones_share_one_study_and_see_each_others_trials(reproduced: Path, tmp_path: Path) -> None:
+    first, second = _clone_with_remotes(reproduced, tmp_path)
+    journal = tmp_path / "shared" / "tiny.journal"
+    journal.parent.mkdir()
+    args = ["--storage", str(journal), "--push", "origin"]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"
+    }
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "stages.tune", *args, *extra],
+            cwd=clone,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for clone, extra in ((first, ["--workers", "2"]), (second, []))
+    ]
+    outputs = [worker.communicate(timeout=1200)[0] for worker in workers]
+    assert [w.returncode for w in workers] == [0, 0], "\n".join(outputs)
+    # No trial ran twice: each number once, in one clone or the other, and both clones took part.
+    assert _ran(first) | _ran(second) == {f"tiny-{n}" for n in range(4)} and not _ran(first) & _ran(second)
+    assert _ran(first) and _ran(second), outputs
+    study = optuna.load_study(study_name="tiny", storage=open_storage(str(journal)))
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 4
+    best = f"tiny-{study.best_trial.number}"
+    assert any(f"dvc exp apply {best}" in out for out in outputs) and (first / "tuning" / "tiny.png").is_file()
+    for clone in (first, second):
+        run(clone, "dvc", "exp", "pull", "origin")
+        table = run(clone, sys.executable, "-m", "stages.compare").stdout
+        assert all(f"tiny-{n} " in table for n in range(4)), table
+    # The trial's params are the experiment's: apply the best one and its params.yaml has them.
+    run(second, "dvc", "exp", "apply", best)
+    applied = read_yaml(second / "params.yaml")["mlp"]
+    assert applied["lr"] == pytest.approx(study.best_trial.params["mlp.lr"])
+    assert json.dumps(applied["hidden"]) == study.best_trial.params["mlp.hidden"]
+
+
+@pytest.mark.slow
+@pytest.mark.long
+def test_failed_trials_are_recorded_and_ctrl_c_leaves_the_study_to_go_on(reproduced: Path, tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    shutil.copytree(reproduced, project, ignore=lambda folder, _: ["tmp"] if Path(folder).name == ".dvc" else [])
+    # One warm-up step of 1000 / 64 batches: the one-cycle schedule refuses it when training starts.
+    (project / "tune.yaml").write_text(
+        TINY_STUDY.replace("trials: 4", "trials: 2") + "  mlp.warmup: {choices: [0.01]}\n"
+    )
+    run(project, "git", "add", "-A")
+    run(project, "git", "commit", "-qm", "A study whose every trial fails")
+    result = run(project, sys.executable, "-m", "stages.tune")
+    assert result.stdout.count("failed (error: params.yaml: mlp.warmup") == 2
+    assert "2 trials, 0 complete, 0 pruned, 2 failed" in result.stdout
+    # Ctrl-C during the next trial: one line, exit 130, and the study goes on from where it was.
+    (project / "tune.yaml").write_text(TINY_STUDY)
+    tune = subprocess.Popen(
+        [sys.executable, "-m", "stages.tune", "--trials", "3"],
+        cwd=project,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"},
+    )
+    log = project / "tuning" / "logs" / "tiny-2.log"
+    deadline = time.monotonic() + 300
+    while "Running stage 'train_mlp'" not in (log.read_text() if log.exists() else "") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    tune.send_signal(signal.SIGINT)
+    stdout, stderr = tune.communicate(timeout=300)
+    assert tune.returncode == 130 and stderr.startswith("error: interrupted; the study is intact in "), stderr
+    assert stderr.count("\n") == 1 and "Traceback" not in stdout + stderr
+    study = optuna.load_study(study_name="tiny", storage=open_storage(str(project / "tuning" / "tiny.journal")))
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL] * 3
+    assert study.trials[2].user_attrs["interrupted"]  # not counted: the next call runs a third trial
+    again = run(project, sys.executable, "-m", "stages.tune", "--trials", "3")
+    assert "tiny-3: val acc" in again.stdout and "3 trials, 1 complete, 0 pruned, 2 failed" in again.stdout
