@@ -51,12 +51,21 @@ class Tuner:
     stop: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
     running: set[subprocess.Popen] = field(default_factory=set)
+    # Released by each worker as it ends. Waited on instead of Thread.join, which Ctrl-C can leave believing a
+    # running thread has ended (Python 3.11, bpo-45274): the study must see every interrupted trial told first.
+    ended: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(0))
 
     def claimed(self) -> int:
         """Trials that count towards the total: finished or running (on any machine); not interrupted ones."""
         return sum(not t.user_attrs.get("interrupted") for t in self.study.get_trials(deepcopy=False))
 
     def work(self) -> None:
+        try:
+            self.trials()
+        finally:
+            self.ended.release()
+
+    def trials(self) -> None:
         while not self.stop.is_set():
             with self.lock:  # ask under the lock: this machine's workers never overshoot the total together
                 if self.claimed() >= self.total:
@@ -138,7 +147,9 @@ def open_study(cfg: Config, url: str) -> optuna.Study:
 
 
 def summary(study: optuna.Study, model: str) -> str:
-    trials = [t for t in study.get_trials(deepcopy=False) if t.state in FINISHED]
+    every = study.get_trials(deepcopy=False)
+    trials = [t for t in every if t.state in FINISHED and not t.user_attrs.get("interrupted")]
+    interrupted = sum(bool(t.user_attrs.get("interrupted")) for t in every)
     count = {s: sum(t.state == s for t in trials) for s in FINISHED}
     planned = sum(t.user_attrs.get("epochs", 0) for t in trials if t.state != optuna.trial.TrialState.FAIL)
     trained = sum(
@@ -150,6 +161,7 @@ def summary(study: optuna.Study, model: str) -> str:
         f"study {study.study_name}: {len(trials)} trials, "
         + ", ".join(f"{n} {word}" for n, word in zip(count.values(), ("complete", "pruned", "failed"), strict=True))
         + f"; {trained} of {planned} {model} epochs trained (pruning stopped the rest)"
+        + (f"; {interrupted} interrupted, not counted" if interrupted else "")
     ]
     if count[optuna.trial.TrialState.COMPLETE]:
         best = study.best_trial
@@ -195,11 +207,13 @@ def main() -> None:
     threads = [threading.Thread(target=tuner.work, daemon=True) for _ in range(args.workers)]
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _interrupt)
+    for thread in threads:
+        thread.start()
+    ended = 0
     try:
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        for _ in threads:
+            tuner.ended.acquire()
+            ended += 1
     except KeyboardInterrupt:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
@@ -207,8 +221,8 @@ def main() -> None:
         for proc in list(tuner.running):
             with contextlib.suppress(ProcessLookupError):  # it may have ended meanwhile
                 os.killpg(proc.pid, signal.SIGINT)  # dvc and the stage it runs
-        for thread in threads:
-            thread.join()
+        for _ in range(len(threads) - ended):
+            tuner.ended.acquire()
         print(f"error: interrupted; the study is intact in {url}: run the same command to go on", file=sys.stderr)
         sys.exit(130)
     print(summary(study, cfg.objective))

@@ -274,4 +274,8 @@ def test_failed_trials_are_recorded_and_ctrl_c_leaves_the_study_to_go_on(reprodu
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL] * 3
     assert study.trials[2].user_attrs["interrupted"]  # not counted: the next call runs a third trial
     again = run(project, sys.executable, "-m", "stages.tune", "--trials", "3")
-    assert "tiny-3: val acc" in again.stdout and "3 trials, 1 complete, 0 pruned, 2 failed" in again.stdout
+    assert (
+        "tiny-3: val acc" in again.stdout
+        and "3 trials, 1 complete, 0 pruned, 2 failed; 1 of 1 mlp epochs trained" in again.stdout
+    )
+    assert "; 1 interrupted, not counted" in again.stdout
