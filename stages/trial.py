@@ -19,7 +19,7 @@ PRUNED = "pruned at epoch"  # how `make tune` tells a pruned run from a failed o
 
 
 class Pruned(UserError):
-    pass
+    """The trial fell behind: the stage ends like any failed one (one line, its outputs as before)."""
 
 
 def make_pruner(settings: dict[str, int]) -> Any:
