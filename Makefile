@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt py
 DEBIAN_DATA := /usr/share/datasets/fashion-mnist
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup data browser repro test test-all lint bench plots notebook predict compare
+.PHONY: setup data browser repro test test-all lint bench plots notebook predict compare tune seeds
 
 setup: $(STAMP) data
 
@@ -114,6 +114,21 @@ notebook: setup
 ARGS ?=
 compare: setup
 	@$(BIN)/python -m stages.compare $(ARGS)
+
+# An Optuna study over tune.yaml, every trial a DVC experiment: ARGS="--trials N --workers K --storage URL --push REMOTE".
+tune: setup
+	@$(BIN)/python -m stages.tune $(ARGS)
+
+# The same params over N seeds, as queued experiments run by JOBS workers (one torch thread each); make compare
+# then shows them as one row, mean ± std. SEED_KEYS: which seeds change (data.seed also changes the split).
+N ?= 3
+JOBS ?= 2
+SEED_KEYS ?= mlp.seed cnn.seed
+seeds: setup
+	@for seed in $$(seq 0 $$(($(N) - 1))); do \
+		dvc exp run --queue $(foreach key,$(SEED_KEYS),-S $(key)=$$seed) $(ARGS) || exit 1; done
+	OMP_NUM_THREADS=1 dvc queue start -j $(JOBS)
+	@echo "follow with dvc queue status; make compare shows them as one row once they are done"
 
 # make predict IMAGES="shoe.jpg shirt.png" [MODEL=mlp] [SHOW=folder]; without IMAGES it says so before any setup.
 IMAGES ?=

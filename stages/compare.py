@@ -3,13 +3,16 @@
 `python -m stages.compare [--md] [DVC EXP SHOW OPTIONS]` (`make compare ARGS=...`) prints one row per
 experiment (the workspace, each baseline commit, each experiment derived from it): its name, the params whose
 values differ between the rows, and both models' test accuracy and loss side by side. Options it does not know
-(`-A`, `-a`, `--rev REV`, `-n N`) go to `dvc exp show` and choose the rows.
+(`-A`, `-a`, `--rev REV`, `-n N`) go to `dvc exp show` and choose the rows. Experiments that differ only in
+their seeds (`make seeds`) share one row: the mean ± standard deviation of each metric, and how many they are.
+An experiment that failed or has not finished shows its state and no numbers.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -21,6 +24,8 @@ from stages.params import MODELS, flatten
 
 METRICS = (("test_acc", "acc"), ("test_loss", "loss"))
 WIDTH = 120  # the table fits a 120-column terminal, or the real one when it is wider
+SEEDS = ("data.seed", "mlp.seed", "cnn.seed")  # experiments that differ only in these are one setting
+MAX_PARAMS = 4  # params listed per row before "+N more": a row far from the baseline stays a few lines
 
 
 @dataclass(frozen=True)
@@ -29,15 +34,16 @@ class Row:
     state: str  # success, running, queued, failed
     params: dict[str, object]  # dotted key -> value
     metrics: dict[str, object]  # "cnn.test_acc" -> value
+    baseline: bool = False  # the workspace or a commit, not an experiment
 
 
-def _row(name: str, state: str, data: dict | None) -> Row:
+def _row(name: str, state: str, data: dict | None, baseline: bool = False) -> Row:
     data = data or {}
     params = ((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}
     metrics: dict[str, object] = {}
     for entry in (data.get("metrics") or {}).values():
         metrics.update(flatten(entry.get("data") or {}))
-    return Row(name, state, flatten(params), metrics)
+    return Row(name, state, flatten(params), metrics, baseline)
 
 
 def rows_from_exp_show(shown: list[dict]) -> list[Row]:
@@ -46,7 +52,7 @@ def rows_from_exp_show(shown: list[dict]) -> list[Row]:
     for baseline in shown:
         rev = baseline["rev"]
         name = "workspace" if rev == "workspace" else baseline.get("name") or rev[:7]
-        rows.append(_row(name, "success", baseline.get("data")))
+        rows.append(_row(name, "success", baseline.get("data"), baseline=True))
         for exp in baseline.get("experiments") or []:
             revs = exp.get("revs") or [{}]
             state = (exp.get("executor") or {}).get("state") or "success"
@@ -68,6 +74,42 @@ def _number(value: object) -> str:
     return f"{value:.4f}" if isinstance(value, float) else "-" if value is None else str(value)
 
 
+def seed_groups(rows: list[Row]) -> list[list[Row]]:
+    """The rows in order, each finished experiment together with the others that differ only in their seeds,
+    oldest first (`dvc exp show` lists the newest first) and one run per seed: a rerun of the same seeds is the
+    same run, not another sample. The workspace and the baselines stay rows of their own: they are what the
+    experiments are read against."""
+    groups: dict[str, dict[str, tuple[int, Row]]] = {}
+    for i, row in enumerate(rows):
+        setting = json.dumps({k: v for k, v in row.params.items() if k not in SEEDS}, sort_keys=True)
+        seeds = json.dumps([row.params.get(k) for k in SEEDS])
+        alone = row.baseline or row.state != "success"
+        groups.setdefault(f"row {i}" if alone else setting, {})[seeds] = (i, row)  # the older run of the seeds wins
+    return [[row for _, row in sorted(group.values(), reverse=True)] for group in groups.values()]
+
+
+def _mean(group: list[Row], key: str) -> str:
+    values = [row.metrics[key] for row in group if isinstance(row.metrics.get(key), float)]
+    if len(values) < 2:
+        return _number(values[0] if values else None)
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def _param(value: object) -> str:
+    """A param for the table: floats to 4 significant digits, so a sampled lr is not 18 characters wide."""
+    return f"{value:.4g}" if isinstance(value, float) else json.dumps(value)
+
+
+def _params_cell(group: list[Row], changed: list[str]) -> str:
+    cells = []
+    for key in changed:
+        values = list(dict.fromkeys(_param(row.params.get(key)) for row in group))
+        cells.append(f"{key}={'/'.join(values)}")
+    if len(cells) > MAX_PARAMS:
+        cells[MAX_PARAMS:] = [f"+{len(cells) - MAX_PARAMS} more"]
+    return ", ".join(cells)
+
+
 def table(rows: list[Row], markdown: bool = False, width: int = WIDTH) -> str:
     changed = changed_params(rows)
     headers = ["experiment"]
@@ -75,12 +117,16 @@ def table(rows: list[Row], markdown: bool = False, width: int = WIDTH) -> str:
         headers += [f"{model.upper()} {short}" for model in MODELS]
     headers.append("params that differ")
     body = []
-    for row in rows:
-        name = row.name if row.state == "success" else f"{row.name} ({row.state})"
+    for group in seed_groups(rows):
+        first = group[0]  # the oldest run of the setting names it (usually the one that was then reseeded)
+        name = first.name if first.state == "success" else f"{first.name} ({first.state})"
+        if len(group) > 1:
+            name += f" (x{len(group)} seeds)"
         cells = [name]
         for key, _ in METRICS:
-            cells += [_number(row.metrics.get(f"{model}.{key}")) for model in MODELS]
-        cells.append(", ".join(f"{key}={json.dumps(row.params.get(key))}" for key in changed))
+            # A failed or unfinished experiment's metrics are its baseline's or none: show none.
+            cells += [_mean(group, f"{model}.{key}") if first.state == "success" else "" for model in MODELS]
+        cells.append(_params_cell(group, changed))
         body.append(cells)
     align = ("left",) + ("right",) * (len(headers) - 2) + ("left",)
     if markdown:  # "pipe" marks the alignment in the divider, so GitHub right-aligns the numbers too

@@ -77,6 +77,7 @@ def entry_point(main: Callable[[], None] | None = None, *, needs_params: bool = 
     @functools.wraps(main)
     def wrapper() -> None:
         received: list[int] = []
+        note = "rerun to start over"
 
         def on_signal(signum: int, _frame: object) -> None:
             if not received:  # KeyboardInterrupt, a BaseException: no `except Exception` swallows it
@@ -92,8 +93,9 @@ def entry_point(main: Callable[[], None] | None = None, *, needs_params: bool = 
                 raise UserError(f"no params.yaml in {Path.cwd()}: run the stages from the repository root")
             main()
             sys.stdout.flush()  # here, where a failure is one line, rather than at exit
-        except KeyboardInterrupt:  # ours, or Python's own if a library restored its SIGINT handler
+        except KeyboardInterrupt as exc:  # ours, or Python's own if a library restored its SIGINT handler
             received[:1] = received or [signal.SIGINT]
+            note = str(exc) or note  # a main() that cleaned up may say what the user can rely on now
         except BrokenPipeError:  # a reader that stopped early (`| head -1`): end quietly, as any Unix tool does
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that the flush at exit cannot fail
             sys.exit(128 + signal.SIGPIPE)
@@ -110,6 +112,6 @@ def entry_point(main: Callable[[], None] | None = None, *, needs_params: bool = 
             for sig in SIGNALS:  # the work is over: a late signal during shutdown is no traceback
                 signal.signal(sig, signal.SIG_IGN)
         if received:
-            _fail(f"interrupted by {signal.Signals(received[0]).name}; rerun to start over", 128 + received[0])
+            _fail(f"interrupted by {signal.Signals(received[0]).name}; {note}", 128 + received[0])
 
     return wrapper

@@ -12,6 +12,7 @@ from stages.engine import MODEL_PATH, fit, resolve_device
 from stages.errors import UserError, entry_point
 from stages.models import check_size
 from stages.params import MODELS, check_batches, load_params
+from stages.trial import reporting
 
 LIVE_DIR = "dvclive/{name}"
 
@@ -55,7 +56,7 @@ def main() -> None:
     train, val = load_split("train"), load_split("val")
     # DVCLive writes its log in place as each epoch ends, so that `dvc exp show` and `dvc plots` follow the run.
     model_path = MODEL_PATH.format(name=name)
-    result = fit(cfg, train, val, device, on_epoch=live_logger(name, Path(LIVE_DIR.format(name=name))))
+    result = fit(cfg, train, val, device, on_epoch=reporting(name, live_logger(name, Path(LIVE_DIR.format(name=name)))))
     save_checkpoint(model_path, make_checkpoint(result, cfg))
     best = result.history[result.best_epoch - 1]
     print(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from stages.compare import changed_params, rows_from_exp_show, table
+import copy
+
+from stages.compare import MAX_PARAMS, changed_params, rows_from_exp_show, table
 
 
 def _data(epochs: int, lr: float, mlp_acc: float | None, cnn_acc: float | None) -> dict:
@@ -62,7 +64,7 @@ def test_table_puts_both_models_side_by_side_and_fits_120_columns() -> None:
     assert row.split()[1:5] == ["0.9018", "0.8871", "0.3000", "0.2000"]
     assert "cnn.epochs=3, cnn.lr=0.004" in row
     running = next(line for line in lines if line.startswith("lr-sweep"))
-    assert "(running)" in running and running.split()[2:6] == ["-", "-", "-", "-"]
+    assert "(running)" in running and running.split()[2:] == ["cnn.epochs=20,", "cnn.lr=0.001"]  # no numbers
     assert "0.5" not in text.split("params that differ")[1].replace("0.5000", "")  # erase is the same everywhere
 
 
@@ -88,3 +90,62 @@ def test_markdown_for_a_pull_request() -> None:
     assert divider[0].startswith(":") and divider[-1].startswith(":")
     assert all(cell.endswith(":") and not cell.startswith(":") for cell in divider[1:-1])
     assert len(lines) == 2 + 4
+
+
+def _experiment(name: str, data: dict, state: str | None = None) -> dict:
+    exp = {"name": name, "revs": [{"rev": name, "data": data}]}
+    if state:
+        exp["executor"] = {"state": state}
+    return exp
+
+
+def _seeded(seed: int, lr: float, cnn_acc: float) -> dict:
+    data = _data(20, lr, 0.9, cnn_acc)
+    data["params"]["params.yaml"]["data"]["cnn"]["seed"] = seed
+    return data
+
+
+def _baseline(experiments: list[dict]) -> list[dict]:
+    return [{"rev": "0123456789abcdef", "name": "main", "data": _seeded(0, 0.004, 0.94), "experiments": experiments}]
+
+
+def test_experiments_that_differ_only_in_seeds_are_one_row_with_mean_and_spread() -> None:
+    # Newest first, as `dvc exp show` lists them: "again" reran seed 1, which adds no sample.
+    runs = ((0, 0.93), (1, 0.94), (2, 0.95))
+    shown = _baseline(
+        [_experiment("again", _seeded(1, 0.003, 0.94)), _experiment("other-lr", _seeded(1, 0.001, 0.91))]
+        + [_experiment(f"s{seed}", _seeded(seed, 0.003, acc)) for seed, acc in reversed(runs)]
+    )
+    lines = table(rows_from_exp_show(shown)).splitlines()
+    grouped = [line for line in lines if line.startswith("s0")]  # named after its oldest run
+    assert len(grouped) == 1 and not any(line.startswith(("s1", "s2", "again")) for line in lines)
+    assert "(x3 seeds)" in grouped[0] and "0.9400 ± 0.0100" in grouped[0]  # mean and sample standard deviation
+    assert "cnn.seed=0/1/2" in grouped[0] and "cnn.lr=0.003" in grouped[0]
+    # A different lr is another setting, and the baseline stays a row of its own even with seed 0's params.
+    assert any(line.startswith("other-lr") and "± " not in line for line in lines)
+    assert any(line.startswith("main") and "0.9400 " in line for line in lines)
+
+
+def test_a_failed_or_unfinished_experiment_shows_its_state_and_no_numbers() -> None:
+    # DVC gives a failed queued experiment its baseline's metrics: they must not pass for the experiment's.
+    baseline_numbers = _seeded(0, 0.004, 0.9394)
+    shown = _baseline(
+        [_experiment(n, copy.deepcopy(baseline_numbers), s) for n, s in (("f", "failed"), ("q", "queued"))]
+    )
+    lines = table(rows_from_exp_show(shown), markdown=True).splitlines()
+    for name, state in (("f", "failed"), ("q", "queued")):
+        cells = [c.strip() for c in next(line for line in lines if line.startswith(f"| {name} ")).split("|")[1:-1]]
+        assert cells[0] == f"{name} ({state})" and cells[1:5] == ["", "", "", ""]
+
+
+def test_a_row_lists_a_few_params_then_how_many_more() -> None:
+    far = _seeded(0, 0.001, 0.8)
+    cnn = far["params"]["params.yaml"]["data"]["cnn"]
+    cnn.update(epochs=3, batch_size=64, dropout=0.1, momentum=0.5, tta=False, fc=64)
+    shown = _baseline([_experiment("notebook", far)])
+    shown[0]["data"]["params"]["params.yaml"]["data"]["cnn"].update(
+        batch_size=256, dropout=0.3, momentum=0.9, tta=True, fc=128
+    )
+    lines = table(rows_from_exp_show(shown), markdown=True).splitlines()
+    params = next(line for line in lines if line.startswith("| notebook")).split("|")[-2].strip()
+    assert params.count("=") == MAX_PARAMS and params.endswith(", +3 more")  # 7 differ: epochs, lr and 5 more

@@ -198,3 +198,20 @@ def test_out_of_memory_is_one_line_with_what_to_lower(capsys, failure) -> None:
 def test_other_runtime_errors_are_bugs_and_keep_their_traceback(capsys) -> None:
     with pytest.raises(RuntimeError, match="a bug"):
         entry_point(lambda: (_ for _ in ()).throw(RuntimeError("a bug")))()
+
+
+def test_a_main_that_cleans_up_after_a_signal_can_say_what_is_left(capsys) -> None:
+    @entry_point
+    def main() -> None:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt("the study is intact in s.journal: run the same command to go on") from None
+
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code == 143
+    assert capsys.readouterr().err == (
+        "error: interrupted by SIGTERM; the study is intact in s.journal: run the same command to go on\n"
+    )
