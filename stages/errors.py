@@ -7,6 +7,7 @@ writes is either the old one or the new one (`stages.files.atomic_path`).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import errno
 import functools
@@ -16,6 +17,7 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # Ctrl-C, kill, a closed terminal: exit 130, 143, 129
 ADVICE = {
@@ -35,6 +37,13 @@ RESTORE = (
 
 class UserError(Exception):
     """Something the user can fix; the message says what is wrong and how to fix it."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose mistakes are one UserError line, as every other mistake is, instead of a usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UserError(f"{message} (see `{self.prog} --help`)")
 
 
 def describe_os_error(exc: OSError) -> str:

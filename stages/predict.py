@@ -12,7 +12,6 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import NoReturn
 
 import numpy as np
 import torch
@@ -23,7 +22,7 @@ from torch import nn
 from stages.checkpoint import load_checkpoint
 from stages.data import CLASS_NAMES
 from stages.engine import MODEL_PATH, predict_log_probs, to_inputs
-from stages.errors import UserError, entry_point
+from stages.errors import ArgumentParser, UserError, entry_point
 from stages.files import atomic_path, save_png
 from stages.params import MODELS, NUM_CLASSES, CNNParams, MLPParams
 from stages.photo import UnreadableImage, read_image, to_fashion_mnist
@@ -41,14 +40,8 @@ def _top(text: str) -> int:
     return int(text)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        # One line instead of argparse's usage dump, like every other mistake the stages report.
-        raise UserError(f"{message} (see `python -m stages.predict --help`)")
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = _Parser(prog="python -m stages.predict", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m stages.predict", description=__doc__.splitlines()[0])
     # "*", not "+": no pictures is then ours to word, without matching argparse's English.
     parser.add_argument("images", nargs="*", metavar="IMAGE", help="PNG or JPEG files of any size and mode")
     which = parser.add_mutually_exclusive_group()

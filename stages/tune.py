@@ -25,7 +25,7 @@ from typing import Any
 
 import optuna
 
-from stages.errors import UserError, entry_point
+from stages.errors import ArgumentParser, UserError, entry_point
 from stages.params import read_yaml
 from stages.study_plot import draw
 from stages.trial import ENV, PRUNED, make_pruner, open_storage
@@ -172,7 +172,7 @@ def summary(study: optuna.Study, model: str) -> str:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="make tune ARGS=", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m stages.tune", description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="tune.yaml", help="the study and its search space")
     parser.add_argument("--trials", type=int, help="the study's total number of trials (default: tune.yaml's)")
     parser.add_argument("--workers", type=int, default=1, help="trials at a time on this machine")

@@ -157,6 +157,7 @@ def _tune(*args: str) -> subprocess.CompletedProcess:
         ),
         (["--config", "no-such.yaml"], "error: cannot read no-such.yaml"),
         (["--workers", "0"], "error: --trials and --workers must be positive integers"),
+        (["--workers", "two"], "error: argument --workers: invalid int value: 'two' (see `python -m stages.tune"),
     ],
 )
 def test_bad_input_is_one_line_before_any_trial(args: list[str], message: str) -> None:
