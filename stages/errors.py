@@ -7,7 +7,6 @@ writes is either the old one or the new one (`stages.files.atomic_path`).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import errno
 import functools
@@ -17,7 +16,6 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # Ctrl-C, kill, a closed terminal: exit 130, 143, 129
 ADVICE = {
@@ -37,13 +35,6 @@ RESTORE = (
 
 class UserError(Exception):
     """Something the user can fix; the message says what is wrong and how to fix it."""
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse whose mistakes are one UserError line, as every other mistake is, instead of a usage dump."""
-
-    def error(self, message: str) -> NoReturn:
-        raise UserError(f"{message} (see `{self.prog} --help`)")
 
 
 def describe_os_error(exc: OSError) -> str:

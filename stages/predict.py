@@ -20,9 +20,10 @@ from tabulate import tabulate
 from torch import nn
 
 from stages.checkpoint import load_checkpoint
+from stages.cli import ArgumentParser
 from stages.data import CLASS_NAMES
 from stages.engine import MODEL_PATH, predict_log_probs, to_inputs
-from stages.errors import ArgumentParser, UserError, entry_point
+from stages.errors import UserError, entry_point
 from stages.files import atomic_path, save_png
 from stages.params import MODELS, NUM_CLASSES, CNNParams, MLPParams
 from stages.photo import UnreadableImage, read_image, to_fashion_mnist

@@ -25,7 +25,8 @@ from typing import Any
 
 import optuna
 
-from stages.errors import ArgumentParser, UserError, entry_point
+from stages.cli import ArgumentParser
+from stages.errors import UserError, entry_point
 from stages.params import read_yaml
 from stages.study_plot import draw
 from stages.trial import ENV, PRUNED, make_pruner, open_storage

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from stages.errors import ArgumentParser, UserError, entry_point
+from stages.errors import UserError, entry_point
 from tests.helpers import BIN, ROOT
 
 
@@ -215,10 +215,3 @@ def test_a_main_that_cleans_up_after_a_signal_can_say_what_is_left(capsys) -> No
     assert capsys.readouterr().err == (
         "error: interrupted by SIGTERM; the study is intact in s.journal: run the same command to go on\n"
     )
-
-
-def test_a_bad_command_line_option_is_one_line_naming_the_help() -> None:
-    parser = ArgumentParser(prog="python -m stages.x")
-    parser.add_argument("--n", type=int)
-    with pytest.raises(UserError, match=r"^argument --n: invalid int value: 'x' \(see `python -m stages.x --help`\)$"):
-        parser.parse_args(["--n", "x"])
