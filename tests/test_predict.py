@@ -27,8 +27,11 @@ from tests.photos import KINDS, RED, graded, header_only_png, save
 
 SAMPLE = 600  # test images per check: enough to see a 3-point accuracy gap, small enough for seconds
 PHOTOS = 200  # test images per kind of photo (six kinds): rendering and separating them takes most of the time
-# How far below the native accuracy each kind may fall (measured gaps, see docs/tuning.md, plus noise).
-PHOTO_MARGIN = {"plain_white": 0.06, "graded": 0.06, "textured": 0.08, "shadowed": 0.11, "off_centre": 0.06,
+# How far below the native accuracy each kind may fall: the largest gap measured with this fixture's model, plus
+# about 0.04 of noise (200 images). Gaps: AMD EPYC up to 0.06 (shadowed); on a Xeon (2026-12-02; its kernels train
+# another model) textured 0.085 and shadowed 0.125, the rest under 0.03. A broken backdrop separation costs tens
+# of points for its kind, still far outside these.
+PHOTO_MARGIN = {"plain_white": 0.06, "graded": 0.06, "textured": 0.12, "shadowed": 0.16, "off_centre": 0.06,
                 "dark_backdrop": 0.06}  # fmt: skip
 
 

@@ -198,7 +198,6 @@ def _ran(project: Path) -> set[str]:
     return {log.stem for log in (project / "tuning" / "logs").glob("*.log")}
 
 
-@pytest.mark.slow
 @pytest.mark.long
 def test_two_clones_share_one_study_and_see_each_others_trials(reproduced: Path, tmp_path: Path) -> None:
     first, second = _clone_with_remotes(reproduced, tmp_path)
@@ -239,7 +238,6 @@ def test_two_clones_share_one_study_and_see_each_others_trials(reproduced: Path,
     assert json.dumps(applied["hidden"]) == study.best_trial.params["mlp.hidden"]
 
 
-@pytest.mark.slow
 @pytest.mark.long
 def test_failed_trials_are_recorded_and_ctrl_c_leaves_the_study_to_go_on(reproduced: Path, tmp_path: Path) -> None:
     project = tmp_path / "project"
