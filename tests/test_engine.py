@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import subprocess
 import sys
 
@@ -272,14 +273,19 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // 6)
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt is glibc's")
 def test_training_steps_reuse_freed_memory_instead_of_page_faulting() -> None:
+    # glibc's own default moves its mmap threshold up after the first large free, so whether a process faults
+    # depends on its history (a clean-clone run measured 0 faults a step without keep_freed_memory, others
+    # 2,600-10,000). A fixed threshold, as a MALLOC_ setting or another library may leave it, turns that off:
+    # then every 25 MB block of a default-CNN step is mapped and faulted afresh, unless keep_freed_memory
+    # overrides the setting (0-260 faults a step).
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
+
     def faults(mode: str) -> int:
         proc = subprocess.run(
-            [sys.executable, "-c", FAULTS_PER_STEP, mode], cwd=ROOT, capture_output=True, text=True, check=True
+            [sys.executable, "-c", FAULTS_PER_STEP, mode], cwd=ROOT, env=env, capture_output=True, text=True, check=True
         )
         return int(proc.stdout)
 
-    # A default-CNN step at batch 256 allocates and frees 25 MB blocks: without keep_freed_memory glibc hands
-    # them back to the kernel and faults them in again (2,600-10,000 faults a step here, 0-260 with it).
     assert faults("keep") < 1000 < faults("default")
 
 
