@@ -85,7 +85,7 @@ def model_only_loop(cfg: MLPParams | CNNParams, train: Split, batches: int) -> f
     x = torch.from_numpy(train.images[:n]).float().div(255).sub(0.5).div(0.5).unsqueeze(1)
     x = x.contiguous(memory_format=memory_layout(cfg))
     y = torch.from_numpy(train.labels[:n])
-    model = untrained_model(cfg, CPU)
+    model = untrained_model(cfg, CPU, x)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr)
     start = time.perf_counter()
     for i in range(0, n, cfg.batch_size):

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from stages.data import Split
 from stages.errors import UserError
-from stages.models import build_model
+from stages.models import build_model, whiten_first_conv
 from stages.params import OPTIMIZERS, CNNParams, MLPParams, ParamsError, TrainParams
 
 # A chunk's largest activations (the CNN's first feature maps, 25 MB) stay below the blocks glibc serves from its
@@ -214,11 +214,17 @@ def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainParams, steps: int) ->
     return None
 
 
-def untrained_model(cfg: MLPParams | CNNParams, device: torch.device) -> nn.Module:
+def untrained_model(cfg: MLPParams | CNNParams, device: torch.device, x_train: torch.Tensor | None = None) -> nn.Module:
     """The network training starts from: seeding, then building the model, is the first use of the global RNG,
-    so the same params always give the same initial weights (evaluate scores them as the untrained network)."""
+    so the same params (and for `cnn.whiten`, the same training images `x_train`, as `to_inputs` makes them)
+    always give the same initial weights (evaluate scores them as the untrained network)."""
     seed_everything(cfg.seed, device)
-    return build_model(cfg).to(device=device, memory_format=memory_layout(cfg))
+    model = build_model(cfg)
+    if isinstance(cfg, CNNParams) and cfg.whiten:
+        if x_train is None:
+            raise ValueError("cnn.whiten starts the first conv from the training images: pass x_train")
+        whiten_first_conv(model, x_train)
+    return model.to(device=device, memory_format=memory_layout(cfg))
 
 
 def train_epoch(
@@ -300,10 +306,10 @@ def fit(
     `on_epoch` gets each epoch's history row as soon as the epoch ends (live logging).
     """
     keep_freed_memory()
-    model = untrained_model(cfg, device)
+    x_train, y_train = to_inputs(train.images, cfg, device), torch.from_numpy(train.labels).to(device)
+    model = untrained_model(cfg, device, x_train)
     gen = torch.Generator().manual_seed(cfg.seed)  # shuffling and augmentation: their own stream, seeded alike
     autocast = resolve_precision(cfg.precision, device)
-    x_train, y_train = to_inputs(train.images, cfg, device), torch.from_numpy(train.labels).to(device)
     x_val, y_val = to_inputs(val.images, cfg, device), torch.from_numpy(val.labels).to(device)
     opt = build_optimizer(model, cfg)
     sched = build_scheduler(opt, cfg, cfg.epochs * math.ceil(len(x_train) / cfg.batch_size))

@@ -19,6 +19,10 @@ from stages.params import (
 # Far beyond this project's models (0.5M parameters, 20M activations a batch), far below a machine's memory.
 MAX_PARAMETERS = 100_000_000
 MAX_ACTIVATIONS = 1_000_000_000  # values a training batch keeps for the backward pass (4 GB in float32)
+# cnn.whiten: airbench's patch-whitening init (KellerJordan/cifar10-airbench, its eps and a subset of the
+# images as there; 10,000 images give 6.8M patches, enough for a 9x9 covariance, and take about 2 s).
+WHITEN_IMAGES = 10_000
+WHITEN_EPS = 5e-4
 
 
 def activation(cfg: MLPParams | CNNParams) -> nn.Module:
@@ -63,6 +67,28 @@ def build_cnn(cfg: CNNParams) -> nn.Sequential:
         layers.append(nn.Dropout(cfg.dropout))
     layers.append(nn.Linear(width, NUM_CLASSES))
     return nn.Sequential(*layers)
+
+
+@torch.no_grad()
+def whitening_filters(x: torch.Tensor, k: int, eps: float = WHITEN_EPS) -> torch.Tensor:
+    """(2 k^2, 1, k, k) filters that whiten the k x k patches of the images `x` (N, 1, H, W): each eigenvector
+    of the patch covariance divided by sqrt(its eigenvalue + eps), then the same filters negated, so that ReLU
+    passes both signs of each direction. The covariance is summed in float64: the same images give the same
+    filters, bit for bit."""
+    patches = x.cpu().unfold(2, k, 1).unfold(3, k, 1).reshape(-1, k * k).double()  # every valid patch
+    patches -= patches.mean(0)
+    evals, evecs = torch.linalg.eigh(patches.T @ patches / len(patches))
+    filters = (evecs / torch.sqrt(evals + eps)).T.reshape(k * k, 1, k, k)
+    return torch.cat([filters, -filters]).float()
+
+
+@torch.no_grad()
+def whiten_first_conv(model: nn.Module, x: torch.Tensor) -> None:
+    """Start the first conv's first 2 k^2 filters as `whitening_filters` of the first WHITEN_IMAGES of `x`;
+    the rest keep their random init, and all of them train."""
+    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    filters = whitening_filters(x[:WHITEN_IMAGES], conv.kernel_size[0])
+    conv.weight[: len(filters)] = filters.to(conv.weight)
 
 
 def build_model(cfg: MLPParams | CNNParams) -> nn.Sequential:

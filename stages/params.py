@@ -196,10 +196,18 @@ class CNNParams(TrainParams):
     activation: str = _key(ACTIVATION)
     fc: int = _key(_int_in(0, MAX_WIDTH, "; 0 = none"))
     channels_last: bool = _key(BOOL)
+    whiten: bool = _key(BOOL)
 
     def check(self) -> None:
         super().check()
         feature_side(self)
+        filters = 2 * self.kernel_size**2
+        if self.whiten and self.channels[0] < filters:
+            raise ParamsError(
+                f"params.yaml: cnn.whiten needs cnn.channels[0] >= 2 * kernel_size^2 = {filters} (a whitening "
+                f"filter and its negative per {self.kernel_size}x{self.kernel_size} patch direction), got "
+                f"{self.channels[0]}; widen the first block, use a smaller kernel_size or set cnn.whiten: false"
+            )
 
 
 def feature_side(cfg: CNNParams) -> int:

@@ -23,7 +23,10 @@ RETRAIN = r"; retrain with `dvc repro train_mlp`$"
 
 def result_of(cfg) -> FitResult:
     """A model as training hands it over, without the training: the seeded initial weights."""
-    return FitResult(untrained_model(cfg, CPU), best_epoch=1, history=[], seconds=0.0, precision="fp32", device="cpu")
+    x_train = torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(0))  # for cnn.whiten
+    return FitResult(
+        untrained_model(cfg, CPU, x_train), best_epoch=1, history=[], seconds=0.0, precision="fp32", device="cpu"
+    )
 
 
 @pytest.fixture

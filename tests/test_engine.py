@@ -257,7 +257,8 @@ if sys.argv[1] == "keep":
     keep_freed_memory()
 torch.set_num_threads(1)
 cfg = parse_section("cnn", DEFAULTS["cnn"])
-model, x, y = untrained_model(cfg, torch.device("cpu")), torch.randn(256, 1, 28, 28), torch.randint(0, 10, (256,))
+x, y = torch.randn(256, 1, 28, 28), torch.randint(0, 10, (256,))
+model = untrained_model(cfg, torch.device("cpu"), x)
 opt = build_optimizer(model, cfg)
 def step():
     loss = F.cross_entropy(model(x.contiguous(memory_format=torch.channels_last)), y)

@@ -259,7 +259,7 @@ def test_the_readme_experiment_section_runs_in_order_and_leaves_main_as_it_was(w
         result = run(workspace, "bash", "-c", command.replace("make compare", f"{sys.executable} -m stages.compare"))
         if command.startswith("make compare"):
             rows = {line.split()[0]: line for line in result.stdout.splitlines()[2:]}
-            assert {"cnn-3-epochs", "wide-mlp"} <= rows.keys()
+            assert {"cnn-3-epochs", "narrow-mlp"} <= rows.keys()
     assert {p: (workspace / p).read_bytes() for p in tracked} == tracked
     assert (workspace / "models" / "cnn.pt").read_bytes() == model
     assert run(workspace, "git", "status", "--porcelain").stdout == ""

@@ -5,7 +5,8 @@ import dataclasses
 import pytest
 import torch
 
-from stages.models import build_model, check_size, count_parameters
+from stages.engine import untrained_model
+from stages.models import WHITEN_IMAGES, build_model, check_size, count_parameters, whitening_filters
 from stages.params import ParamsError, parse_section
 from tests.helpers import DEFAULTS, notebook, with_change
 
@@ -69,3 +70,44 @@ def test_each_allowed_name_builds_its_layer(key: str, value: str, layer: type) -
 def test_pool_none_builds_no_pooling() -> None:
     model = build_model(parse_section("cnn", with_change("cnn", "pool", "none")))
     assert not any(isinstance(m, (torch.nn.MaxPool2d, torch.nn.AvgPool2d)) for m in model)
+
+
+def smooth_images(n: int, side: int = 12) -> torch.Tensor:
+    """Noise blurred by a 3x3 box: neighbouring pixels correlated, as in real images, with an offset."""
+    noise = torch.randn(n, 1, side + 2, side + 2, generator=torch.Generator().manual_seed(0))
+    return torch.nn.functional.avg_pool2d(noise, 3, stride=1) * 2 + 0.5
+
+
+def test_whitening_filters_decorrelate_patches() -> None:
+    """Filtered by the first k^2 filters, every 3x3 patch of the images becomes one vector of k^2 values with
+    unit variance and no correlation (eps 0: exactly the identity); the other k^2 filters are their negatives."""
+    x = smooth_images(500)
+    patches = x.unfold(2, 3, 1).unfold(3, 3, 1).reshape(-1, 9).double()
+    before = torch.cov(patches.T)
+    assert before[0, 1] > 0.5 * before[0, 0]  # neighbours correlate before
+    filters = whitening_filters(x, 3, eps=0.0)
+    assert filters.shape == (18, 1, 3, 3) and torch.equal(filters[9:], -filters[:9])
+    out = torch.nn.functional.conv2d(x.double(), filters[:9].double())  # valid positions: every patch once
+    after = torch.cov(out.permute(1, 0, 2, 3).reshape(9, -1))
+    torch.testing.assert_close(after, torch.eye(9, dtype=torch.float64), atol=1e-4, rtol=0)
+    # eps damps each direction to variance eigenvalue / (eigenvalue + eps): the weakest most.
+    damped = torch.nn.functional.conv2d(x.double(), whitening_filters(x, 3, eps=0.05)[:9].double())
+    variances = torch.cov(damped.permute(1, 0, 2, 3).reshape(9, -1), correction=0).diagonal()
+    eigenvalues = torch.linalg.eigvalsh(torch.cov(patches.T, correction=0))
+    torch.testing.assert_close(variances, eigenvalues / (eigenvalues + 0.05), atol=1e-4, rtol=0)
+
+
+def test_whiten_sets_the_first_convs_first_filters_from_the_training_images() -> None:
+    cfg = parse_section("cnn", DEFAULTS["cnn"])
+    x = smooth_images(WHITEN_IMAGES + 50, side=28)
+    cpu = torch.device("cpu")
+    whitened, plain = (
+        untrained_model(cfg, cpu, x)[0].weight,
+        untrained_model(dataclasses.replace(cfg, whiten=False), cpu)[0].weight,
+    )
+    # Only the first WHITEN_IMAGES count: the same filters as from those alone.
+    torch.testing.assert_close(whitened[:18], whitening_filters(x[:WHITEN_IMAGES], 3), rtol=0, atol=0)
+    assert not torch.equal(whitened[:18], whitening_filters(x, 3))
+    assert torch.equal(whitened[18:], plain[18:])  # the rest keep the seeded random init
+    with pytest.raises(ValueError, match="pass x_train"):
+        untrained_model(cfg, cpu)

@@ -91,6 +91,19 @@ def test_nesterov_needs_sgd_with_momentum() -> None:
         parse_section("cnn", with_change("cnn", "nesterov", True))
 
 
+def test_whiten_needs_a_filter_pair_per_patch_direction() -> None:
+    with pytest.raises(
+        ParamsError, match=r"cnn\.whiten needs cnn\.channels\[0\] >= 2 \* kernel_size\^2 = 18 .* got 17; widen"
+    ):
+        parse_section("cnn", with_change("cnn", "channels", [17, 64]))
+    parse_section("cnn", with_change("cnn", "channels", [18, 64]))
+    raw = with_change("cnn", "kernel_size", 5)  # 50 filters for 5x5 patches: more than the default's 32
+    with pytest.raises(ParamsError, match="= 50 .* got 32"):
+        parse_section("cnn", raw)
+    raw["whiten"] = False
+    parse_section("cnn", raw)
+
+
 def test_exponent_floats_as_dvc_writes_them(tmp_path) -> None:
     path = tmp_path / "params.yaml"
     text = (ROOT / "params.yaml").read_text().replace("lr: 0.004", "lr: 1e-3")
@@ -179,7 +192,10 @@ def test_set_dotted_sets_nested_keys_like_exp_run_s() -> None:
     ],
 )
 def test_bounds_are_exact(section: str, key: str, good: object, bad: object) -> None:
-    parse_section(section, with_change(section, key, good))
+    raw = with_change(section, key, good)
+    if section == "cnn":
+        raw["whiten"] = False  # its own rule ties the first block's width to the kernel (tested above)
+    parse_section(section, raw)
     with pytest.raises(ParamsError, match=f"{section}.{key} must be"):
         parse_section(section, with_change(section, key, bad))
 
