@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from stages.data import Split
 from stages.errors import UserError
-from stages.models import build_model, whiten_first_conv
+from stages.models import build_model, pca_first_layer, whiten_first_conv
 from stages.params import OPTIMIZERS, CNNParams, MLPParams, ParamsError, TrainParams
 
 # A chunk's largest activations (the CNN's first feature maps, 25 MB) stay below the blocks glibc serves from its
@@ -216,14 +216,15 @@ def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainParams, steps: int) ->
 
 def untrained_model(cfg: MLPParams | CNNParams, device: torch.device, x_train: torch.Tensor | None = None) -> nn.Module:
     """The network training starts from: seeding, then building the model, is the first use of the global RNG,
-    so the same params (and for `cnn.whiten`, the same training images `x_train`, as `to_inputs` makes them)
-    always give the same initial weights (evaluate scores them as the untrained network)."""
+    so the same params (and for `cnn.whiten` and `mlp.pca_init`, the same training images `x_train`, as
+    `to_inputs` makes them) always give the same initial weights (evaluate scores them as the untrained network)."""
     seed_everything(cfg.seed, device)
     model = build_model(cfg)
-    if isinstance(cfg, CNNParams) and cfg.whiten:
+    key, init = ("whiten", whiten_first_conv) if isinstance(cfg, CNNParams) else ("pca_init", pca_first_layer)
+    if getattr(cfg, key):
         if x_train is None:
-            raise ValueError("cnn.whiten starts the first conv from the training images: pass x_train")
-        whiten_first_conv(model, x_train)
+            raise ValueError(f"{cfg.name}.{key} starts the first layer from the training images: pass x_train")
+        init(model, x_train)
     return model.to(device=device, memory_format=memory_layout(cfg))
 
 

@@ -91,6 +91,28 @@ def whiten_first_conv(model: nn.Module, x: torch.Tensor) -> None:
     conv.weight[: len(filters)] = filters.to(conv.weight)
 
 
+@torch.no_grad()
+def principal_directions(x: torch.Tensor, n: int) -> torch.Tensor:
+    """The n strongest principal directions of the images `x` (N, 1, H, W) as unit rows (n, H * W), strongest
+    first (at most H * W of them); the covariance is summed in float64, as in `whitening_filters`."""
+    pixels = x.cpu().reshape(len(x), -1).double()
+    pixels -= pixels.mean(0)
+    evecs = torch.linalg.eigh(pixels.T @ pixels / len(pixels)).eigenvectors  # weakest first
+    return evecs.flip(1)[:, :n].T.float()
+
+
+@torch.no_grad()
+def pca_first_layer(model: nn.Module, x: torch.Tensor) -> None:
+    """Start the first linear layer's first 2n rows as the n strongest `principal_directions` of the first
+    WHITEN_IMAGES of `x` and their negatives (n = min(width // 2, pixels)), scaled to the rows' mean random norm
+    so that they learn at the rate the random rows would; with batch norm after the layer, each of these units
+    starts as a whitened principal component. The rest keep their random init, and all of them train."""
+    linear = next(m for m in model.modules() if isinstance(m, nn.Linear))
+    rows = principal_directions(x[:WHITEN_IMAGES], linear.out_features // 2)  # at most one per pixel
+    rows = rows.to(linear.weight) * linear.weight.norm(dim=1).mean()
+    linear.weight[: 2 * len(rows)] = torch.cat([rows, -rows])
+
+
 def build_model(cfg: MLPParams | CNNParams) -> nn.Sequential:
     return build_mlp(cfg) if isinstance(cfg, MLPParams) else build_cnn(cfg)
 

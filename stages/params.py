@@ -184,6 +184,7 @@ class MLPParams(TrainParams):
     hidden: list[int] = _key(_sizes(MAX_WIDTH))
     activation: str = _key(ACTIVATION)
     batch_norm: bool = _key(BOOL)
+    pca_init: bool = _key(BOOL)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from stages.engine import untrained_model
-from stages.models import WHITEN_IMAGES, build_model, check_size, count_parameters, whitening_filters
+from stages.models import (
+    WHITEN_IMAGES,
+    build_model,
+    check_size,
+    count_parameters,
+    principal_directions,
+    whitening_filters,
+)
 from stages.params import ParamsError, parse_section
 from tests.helpers import DEFAULTS, notebook, with_change
 
@@ -110,4 +117,35 @@ def test_whiten_sets_the_first_convs_first_filters_from_the_training_images() ->
     assert not torch.equal(whitened[:18], whitening_filters(x, 3))
     assert torch.equal(whitened[18:], plain[18:])  # the rest keep the seeded random init
     with pytest.raises(ValueError, match="pass x_train"):
+        untrained_model(cfg, cpu)
+
+
+def test_principal_directions_are_the_strongest_unit_directions_strongest_first() -> None:
+    x = smooth_images(300, side=6)
+    rows = principal_directions(x, 5).double()
+    assert rows.shape == (5, 36)
+    torch.testing.assert_close(rows @ rows.T, torch.eye(5, dtype=torch.float64), atol=1e-5, rtol=0)
+    pixels = x.reshape(300, -1).double()
+    variances = torch.var(pixels @ rows.T, dim=0, correction=0)
+    assert torch.all(variances[:-1] >= variances[1:])  # strongest first
+    strongest = torch.linalg.eigvalsh(torch.cov(pixels.T, correction=0))[-1]
+    torch.testing.assert_close(variances[0], strongest, atol=1e-5, rtol=1e-5)  # the top one: the largest variance
+
+
+def test_pca_init_sets_the_first_layers_first_rows_from_the_training_images() -> None:
+    cfg = dataclasses.replace(parse_section("mlp", DEFAULTS["mlp"]), hidden=[40, 16])
+    x = smooth_images(WHITEN_IMAGES + 50, side=28)
+    cpu = torch.device("cpu")
+    started = untrained_model(cfg, cpu, x)[1].weight
+    plain = untrained_model(dataclasses.replace(cfg, pca_init=False), cpu)[1].weight
+    # Only the first WHITEN_IMAGES count; 20 directions and their negatives, at the random rows' mean norm.
+    directions = principal_directions(x[:WHITEN_IMAGES], 20) * plain.norm(dim=1).mean()
+    torch.testing.assert_close(started, torch.cat([directions, -directions]), rtol=0, atol=0)
+    assert not torch.allclose(started[:20], principal_directions(x, 20) * plain.norm(dim=1).mean(), atol=1e-6)
+    wide = untrained_model(dataclasses.replace(cfg, hidden=[1600, 16]), cpu, x)[1].weight
+    assert torch.equal(wide[784:1568], -wide[:784])  # at most one row pair per pixel direction...
+    assert torch.equal(
+        wide[1568:], untrained_model(dataclasses.replace(cfg, hidden=[1600, 16], pca_init=False), cpu)[1].weight[1568:]
+    )
+    with pytest.raises(ValueError, match=r"mlp\.pca_init .* pass x_train"):
         untrained_model(cfg, cpu)
