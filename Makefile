@@ -106,13 +106,14 @@ plots: setup $(VEGA_STAMP)
 	@echo "offline plots: open $(CURDIR)/dvc_plots/index.html (Vega is in dvc_plots/vendor/, no network needed)"
 
 # The original notebook as one experiment: every key of benchmarks/notebook.yaml as a -S option.
+# If the keys cannot be read, stop there: an empty list would run the defaults under the notebook's name.
 notebook: setup
-	eval dvc exp run --temp -n notebook --force $$($(BIN)/python -m benchmarks.notebook)
+	args=$$($(BIN)/python -m benchmarks.notebook) && eval dvc exp run --temp -n notebook --force $$args
 
 # The experiment table: one row per experiment, the params that differ, both models' test accuracy and loss.
 # ARGS go to `dvc exp show` (-A, -a, --rev REV, -n N); ARGS=--md prints Markdown for a pull request.
 ARGS ?=
-compare: setup
+compare: $(STAMP)
 	@$(BIN)/python -m stages.compare $(ARGS)
 
 # An Optuna study over tune.yaml, every trial a DVC experiment: ARGS="--trials N --workers K --storage URL --push REMOTE".
@@ -134,7 +135,7 @@ seeds: setup
 IMAGES ?=
 MODEL ?= cnn
 SHOW ?=
-predict: $(if $(strip $(IMAGES)),setup,predict-usage)
+predict: $(if $(strip $(IMAGES)),$(STAMP),predict-usage)
 	@$(BIN)/python -m stages.predict $(IMAGES) --model $(MODEL) $(if $(strip $(SHOW)),--show $(SHOW))
 
 .PHONY: predict-usage

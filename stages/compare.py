@@ -35,15 +35,16 @@ class Row:
     params: dict[str, object]  # dotted key -> value
     metrics: dict[str, object]  # "cnn.test_acc" -> value
     baseline: bool = False  # the workspace or a commit, not an experiment
+    commit: str = ""  # the baseline's rev: experiments of different commits (`-A`) are never one setting
 
 
-def _row(name: str, state: str, data: dict | None, baseline: bool = False) -> Row:
+def _row(name: str, state: str, data: dict | None, commit: str, baseline: bool = False) -> Row:
     data = data or {}
     params = ((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}
     metrics: dict[str, object] = {}
     for entry in (data.get("metrics") or {}).values():
         metrics.update(flatten(entry.get("data") or {}))
-    return Row(name, state, flatten(params), metrics, baseline)
+    return Row(name, state, flatten(params), metrics, baseline, commit)
 
 
 def rows_from_exp_show(shown: list[dict]) -> list[Row]:
@@ -52,12 +53,12 @@ def rows_from_exp_show(shown: list[dict]) -> list[Row]:
     for baseline in shown:
         rev = baseline["rev"]
         name = "workspace" if rev == "workspace" else baseline.get("name") or rev[:7]
-        rows.append(_row(name, "success", baseline.get("data"), baseline=True))
+        rows.append(_row(name, "success", baseline.get("data"), rev, baseline=True))
         for exp in baseline.get("experiments") or []:
             revs = exp.get("revs") or [{}]
             state = (exp.get("executor") or {}).get("state") or "success"
             exp_name = exp.get("name") or (revs[0].get("rev") or "?")[:7]
-            rows.append(_row(exp_name, state, revs[0].get("data")))
+            rows.append(_row(exp_name, state, revs[0].get("data"), rev))
     return rows
 
 
@@ -75,13 +76,13 @@ def _number(value: object) -> str:
 
 
 def seed_groups(rows: list[Row]) -> list[list[Row]]:
-    """The rows in order, each finished experiment together with the others that differ only in their seeds,
-    oldest first (`dvc exp show` lists the newest first) and one run per seed: a rerun of the same seeds is the
-    same run, not another sample. The workspace and the baselines stay rows of their own: they are what the
-    experiments are read against."""
+    """The rows in order, each finished experiment together with the others of its commit that differ only in
+    their seeds, oldest first (`dvc exp show` lists the newest first) and one run per seed: a rerun of the same
+    seeds is the same run, not another sample. The workspace and the baselines stay rows of their own: they are
+    what the experiments are read against."""
     groups: dict[str, dict[str, tuple[int, Row]]] = {}
     for i, row in enumerate(rows):
-        setting = json.dumps({k: v for k, v in row.params.items() if k not in SEEDS}, sort_keys=True)
+        setting = json.dumps([row.commit, {k: v for k, v in row.params.items() if k not in SEEDS}], sort_keys=True)
         seeds = json.dumps([row.params.get(k) for k in SEEDS])
         alone = row.baseline or row.state != "success"
         groups.setdefault(f"row {i}" if alone else setting, {})[seeds] = (i, row)  # the older run of the seeds wins

@@ -98,7 +98,9 @@ def download(target: Path) -> Path:
     if target.exists():
         missing = ", ".join(n for n in RAW_FILES if not file_in(target, n))
         raise DataError(f"{target}/ lacks {missing}: add the missing files or remove the folder; {HOW_TO_GET}")
-    with tempfile.TemporaryDirectory() as tmp:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Beside the target, so that the last step is a rename on one file system rather than a copy.
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}-") as tmp:
         try:
             for train in (True, False):
                 FashionMNIST(tmp, train=train, download=True)
@@ -110,8 +112,7 @@ def download(target: Path) -> Path:
         staging.mkdir()
         for name in RAW_FILES:
             shutil.copy(Path(tmp, "FashionMNIST", "raw", f"{name}.gz"), staging / f"{name}.gz")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(staging, target)
+        staging.rename(target)
     return target
 
 

@@ -42,7 +42,7 @@ def evaluate_model(name: str) -> Evaluation:
     device = torch.device("cpu")
     x_test, y_test = to_inputs(test.images, cfg, device), torch.from_numpy(test.labels)
     tested = score(model, x_test, y_test, cfg)
-    x_train = to_inputs(load_split("train", mmap=True).images, cfg, device)  # what the untrained net was built from
+    x_train = to_inputs(load_split("train").images, cfg, device)  # what the untrained net was built from
     untrained = score(untrained_model(cfg, device, x_train), x_test, y_test, cfg)
 
     probs = tested.log_probs.softmax(1)  # exp(), renormalised: a TTA average may sum to 1 +- 1e-7

@@ -240,10 +240,11 @@ def check_batches(cfg: TrainParams, images: int) -> None:
         )
     # Training-mode batch norm needs two values per channel: one image is too few where it sees 1x1 maps.
     single_values = isinstance(cfg, MLPParams) or (isinstance(cfg, CNNParams) and feature_side(cfg) == 1)
-    if cfg.batch_norm and single_values and images % cfg.batch_size == 1:
+    if cfg.batch_norm and single_values and (cfg.batch_size == 1 or images % cfg.batch_size == 1):
+        batch = "trains on one image a batch" if cfg.batch_size == 1 else "leaves a last batch of one image"
         raise ParamsError(
-            f"params.yaml: {cfg.name}.batch_size {cfg.batch_size} leaves a last batch of one image (of {images} "
-            f"training images), which batch norm cannot train on; choose another {cfg.name}.batch_size"
+            f"params.yaml: {cfg.name}.batch_size {cfg.batch_size} {batch} (of {images} training images), which "
+            f"batch norm cannot train on; choose another {cfg.name}.batch_size"
         )
 
 

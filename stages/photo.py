@@ -253,6 +253,9 @@ def to_fashion_mnist(picture: np.ndarray) -> np.ndarray:
     """A uint8 grayscale (H, W) or RGB (H, W, 3) picture as a (28, 28) uint8 Fashion-MNIST image: the item alone, light
     on black, trimmed, fitted, centred. A 28x28 grayscale picture with a dark border is already one and comes back
     unchanged."""
+    h, w = picture.shape[:2]
+    if min(h, w) < 3:  # no backdrop around an inside: every measure below would be of an empty set
+        raise UnreadableImage(f"{w}x{h} pixels is too small to hold a garment on its backdrop (3x3 at least)")
     gray = picture if picture.ndim == 2 else luma(picture)
     light = gray[_border(gray, 1)].mean() > LIGHT_BORDER
     if gray.shape == (IMAGE_SIDE, IMAGE_SIDE) and not light and (picture.ndim == 2 or _is_gray(picture)):

@@ -71,17 +71,32 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def show_names(paths: list[str]) -> list[str]:
-    """One file name stem per picture, from its own name, numbered where two pictures share one."""
-    names, seen = [], set()
+    """One file name stem per picture, from its own name, numbered where two pictures' --show files would share
+    a name (x.png's input is x.input.png, which is x.input.png's own panel)."""
+    names, taken = [], set()
     for path in paths:
         stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(path).stem) or "image"
         name, k = stem, 1
-        while name in seen:
+        while {name, f"{name}.input"} & taken:
             k += 1
             name = f"{stem}-{k}"
-        seen.add(name)
+        taken |= {name, f"{name}.input"}
         names.append(name)
     return names
+
+
+def show_files(folder: Path, name: str) -> dict[str, str]:
+    """What --show writes for one picture: the 28x28 input the model saw and the side-by-side panel."""
+    return {"input": str(folder / f"{name}.input.png"), "shown": str(folder / f"{name}.png")}
+
+
+def check_show_keeps_pictures(folder: Path, names: list[str], paths: list[str]) -> None:
+    """Refuse a --show folder where a file written would replace one of the pictures being classified."""
+    pictures = {Path(path).resolve() for path in paths}
+    for name in names:
+        for written in show_files(folder, name).values():
+            if Path(written).resolve() in pictures:
+                raise UserError(f"--show {folder} would overwrite your picture {written}; choose another folder")
 
 
 def thumbnail(picture: np.ndarray, side: int = 256) -> np.ndarray:
@@ -99,7 +114,7 @@ def write_show(folder: Path, name: str, picture: np.ndarray, seen: np.ndarray, t
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"--show {folder}: cannot create the folder ({exc.strerror})") from None
-    files = {"input": str(folder / f"{name}.input.png"), "shown": str(folder / f"{name}.png")}
+    files = show_files(folder, name)
     with atomic_path(files["input"]) as tmp:
         Image.fromarray(seen).save(tmp, format="PNG")
     fig = Figure(figsize=(7.5, 2.8), layout="constrained")
@@ -170,6 +185,8 @@ def main() -> None:
         # Stable, so that among equal probabilities the first class wins, as with evaluate's argmax.
         ranked = torch.sort(probs, dim=1, descending=True, stable=True).indices[:, : args.top]
         names = show_names(paths)
+        if args.show:
+            check_show_keeps_pictures(args.show, names, paths)
         blocks = []
         for i, (path, p, order) in enumerate(zip(paths, probs.tolist(), ranked.tolist(), strict=True)):
             top = [[CLASS_NAMES[c], round(p[c], 4)] for c in order]

@@ -46,6 +46,33 @@ def _read_table(path: Path, sep: str = ",", columns: tuple[str, ...] = ()) -> pd
     return table
 
 
+def read_predictions(name: str, test_labels: np.ndarray) -> pd.DataFrame:
+    """evaluate's predictions, one row per test image in order: the mistakes gallery shows image i for row i."""
+    path = Path("plots") / name / "predictions.csv"
+    table = _read_table(path, columns=("actual", "predicted", "probability"))
+    fix = "run `dvc repro` to regenerate it"
+    actual = table["actual"].to_numpy()
+    if len(table) != len(test_labels) or not (actual == np.array(CLASS_NAMES)[test_labels]).all():
+        raise UserError(f"{path} does not list the {len(test_labels)} test images in order; {fix}")
+    probability = pd.to_numeric(table["probability"], errors="coerce")
+    if not probability.between(0, 1).all():  # NaN, from a value that is not a number, is not between either
+        raise UserError(f"{path} has a probability that is not a number from 0 to 1; {fix}")
+    return table.assign(probability=probability)
+
+
+def read_per_class(name: str) -> pd.Series:
+    """evaluate's test accuracy per class, in class order."""
+    path = Path("plots") / name / "per_class.csv"
+    table = _read_table(path, columns=("class", "accuracy"))
+    accuracy = pd.to_numeric(table["accuracy"], errors="coerce")
+    if table["class"].tolist() != list(CLASS_NAMES) or not accuracy.between(0, 1).all():
+        raise UserError(
+            f"{path} does not give an accuracy from 0 to 1 for each of the {len(CLASS_NAMES)} classes in order; "
+            "run `dvc repro` to regenerate it"
+        )
+    return pd.Series(accuracy.to_numpy(), index=pd.Index(CLASS_NAMES, name="class"), name="accuracy")
+
+
 def read_history(name: str) -> pd.DataFrame:
     """One row per epoch: epoch, train_loss, train_acc, val_loss, val_acc, checked to be what train writes."""
     history = pd.DataFrame()
@@ -317,19 +344,11 @@ def main() -> None:
     params = {section: raw.get(section) for section in ("data", *MODELS)}
     metrics = {name: read_metrics(name) for name in MODELS}
     histories = {name: read_history(name) for name in MODELS}
-    predictions = {
-        name: _read_table(Path("plots") / name / "predictions.csv", columns=("actual", "predicted", "probability"))
-        for name in MODELS
-    }
-    per_class = {
-        name: _read_table(Path("plots") / name / "per_class.csv", columns=("class", "accuracy")).set_index("class")[
-            "accuracy"
-        ]
-        for name in MODELS
-    }
+    test = load_split("test")
+    predictions = {name: read_predictions(name, test.labels) for name in MODELS}
+    per_class = {name: read_per_class(name) for name in MODELS}
     classes = pd.DataFrame({f"{LABELS[n]} accuracy": per_class[n] for n in MODELS}).reset_index()
     classes[DIFFERENCE] = per_class["cnn"].to_numpy() - per_class["mlp"].to_numpy()
-    test = load_split("test")
     kept = {name: int(m["best_epoch"]) for name, m in metrics.items()}
 
     for metric, png in (("loss", "loss"), ("acc", "accuracy")):

@@ -9,7 +9,7 @@ from typing import Any
 
 import optuna
 
-from stages.files import atomic_path, save_png
+from stages.files import save_png
 
 PER_ROW = 4
 
@@ -61,7 +61,5 @@ def draw(study: optuna.Study, space: tuple, path: Path) -> None:
         axes[0][0].legend(fontsize=7, loc="lower left")
     fig.suptitle(f"study {study.study_name}: each param against the objective", fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        save_png(fig, tmp)
+    save_png(fig, path)
     plt.close(fig)

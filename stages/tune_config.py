@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import re
 from dataclasses import dataclass
@@ -28,11 +29,12 @@ class Param:
     log: bool = False
     step: float | None = None
     choices: tuple[str, ...] = ()  # as JSON: Optuna's choices must be scalars, ours may be lists
+    integer: bool = False  # the key holds whole numbers (epochs), whatever the range's bounds look like
 
     def sample(self, trial: optuna.Trial) -> Any:
         if self.choices:
             return json.loads(trial.suggest_categorical(self.key, self.choices))
-        if all(isinstance(v, int) and not isinstance(v, bool) for v in (self.low, self.high, self.step or 1)):
+        if self.integer:
             return trial.suggest_int(self.key, self.low, self.high, step=self.step or 1, log=self.log)
         return trial.suggest_float(self.key, self.low, self.high, step=self.step, log=self.log)
 
@@ -106,14 +108,23 @@ def load_config(path: str | Path, params: dict) -> Config:
         if key not in known:
             raise UserError(f"{path}: space.{key} is not a params.yaml key; keys look like mlp.lr or cnn.augment.erase")
         param = _param(key, spec, str(path))
+        section, *inner = key.split(".")
         for value in param.extremes():  # the params' own rules say which values are legal
             changed = copy.deepcopy(params)
             set_dotted(changed, key, value)
-            section = key.split(".")[0]
             try:
-                parse_section(section, changed[section])
+                parsed = parse_section(section, changed[section])
             except ParamsError as exc:
                 raise UserError(f"{path}: space.{key} reaches {json.dumps(value)}, which {exc}") from None
+        if not param.choices:
+            # The parsed value's type is the key's (a float key's 0 becomes 0.0): {low: 0, high: 1} on
+            # weight_decay searches the decimals between, on epochs the whole numbers.
+            for name in inner:
+                parsed = getattr(parsed, name)
+            integer = isinstance(parsed, int) and not isinstance(parsed, bool)
+            if integer and not isinstance(param.step or 1, int):
+                raise UserError(f"{path}: space.{key} holds whole numbers: its step must be one, got {param.step}")
+            param = dataclasses.replace(param, integer=integer)
         space.append(param)
     return Config(raw["study"], raw["objective"], raw["trials"], pruner, tuple(space))
 

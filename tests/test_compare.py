@@ -126,6 +126,16 @@ def test_experiments_that_differ_only_in_seeds_are_one_row_with_mean_and_spread(
     assert any(line.startswith("main") and "0.9400 " in line for line in lines)
 
 
+def test_experiments_of_different_commits_are_never_one_row() -> None:
+    # `make compare ARGS=-A`: the same params and seed run on two commits are two results, each under its own.
+    older = {"rev": "fedcba9876543210", "name": None, "data": _seeded(0, 0.004, 0.94)}
+    older["experiments"] = [_experiment("old-run", _seeded(0, 0.003, 0.80))]
+    shown = _baseline([_experiment("new-run", _seeded(0, 0.003, 0.93))]) + [older]
+    lines = table(rows_from_exp_show(shown)).splitlines()
+    assert [line.split()[0] for line in lines[2:]] == ["main", "new-run", "fedcba9", "old-run"]
+    assert "0.9300" in lines[3] and "0.8000" in lines[5] and "seeds" not in "".join(lines)
+
+
 def test_a_failed_or_unfinished_experiment_shows_its_state_and_no_numbers() -> None:
     # DVC gives a failed queued experiment its baseline's metrics: they must not pass for the experiment's.
     baseline_numbers = _seeded(0, 0.004, 0.9394)

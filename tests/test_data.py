@@ -93,6 +93,26 @@ def test_no_source_lists_every_place_and_the_fixes(no_defaults, monkeypatch) -> 
         assert part in message
 
 
+def test_a_download_appears_whole_by_a_rename_beside_its_folder(no_defaults, monkeypatch, tmp_path) -> None:
+    import torchvision.datasets
+
+    roots = []
+
+    def fake(root, train, download):  # writes what torchvision's downloader leaves: root/FashionMNIST/raw/*.gz
+        roots.append(Path(root))
+        raw = Path(root, "FashionMNIST", "raw")
+        raw.mkdir(parents=True, exist_ok=True)
+        for name in RAW_FILES:
+            (raw / f"{name}.gz").write_bytes(name.encode())
+
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", fake)
+    target = tmp_path / "data" / "raw"
+    assert data.download(target) == target
+    assert sorted(p.name for p in target.iterdir()) == sorted(f"{name}.gz" for name in RAW_FILES)
+    # Staged in the target's own folder (a rename there cannot be a half-done copy), and nothing of it stays.
+    assert {root.parent for root in roots} == {target.parent} and list(target.parent.iterdir()) == [target]
+
+
 def test_wrong_checksum_names_file_expected_and_actual(official_dir, tmp_path) -> None:
     folder = copy_official(official_dir, tmp_path / "raw")
     path = data.file_in(folder, "t10k-labels-idx1-ubyte")

@@ -294,6 +294,8 @@ def test_batch_norm_refuses_a_last_batch_of_one_image() -> None:
     with pytest.raises(ParamsError, match=r"mlp\.batch_size 64 leaves a last batch of one image \(of 129"):
         check_batches(mlp, 129)
     check_batches(mlp, 130)
+    with pytest.raises(ParamsError, match=r"mlp\.batch_size 1 trains on one image a batch \(of 130"):
+        check_batches(dataclasses.replace(mlp, batch_size=1), 130)  # 130 % 1 is 0: every batch is one image
     check_batches(dataclasses.replace(mlp, batch_norm=False), 129)
     cnn = dataclasses.replace(parse_section("cnn", DEFAULTS["cnn"]), batch_size=64, schedule="none", channels=[8, 8, 8])
     check_batches(cnn, 129)  # its last batch norm sees 3x3 maps: 9 values per channel even for one image

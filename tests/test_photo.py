@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -137,6 +138,14 @@ def test_grain_and_jpeg_noise_do_not_stretch_the_box(tmp_path) -> None:
 def test_a_blank_picture_is_refused() -> None:
     with pytest.raises(UnreadableImage, match="looks blank"):
         to_fashion_mnist(np.full((50, 60), 250, dtype=np.uint8))
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (2, 3), (40, 2, 3)])
+def test_a_picture_too_small_for_a_backdrop_is_refused_in_one_line(shape) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's "mean of empty slice" once came first
+        with pytest.raises(UnreadableImage, match=rf"^{shape[1]}x{shape[0]} pixels is too small to hold a garment"):
+            to_fashion_mnist(np.full(shape, 200, dtype=np.uint8))
 
 
 def test_specks_go_and_holes_are_filled() -> None:

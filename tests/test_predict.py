@@ -69,6 +69,20 @@ def test_show_names_are_unique_and_safe() -> None:
     assert show_names(["a/shirt.jpg", "b/shirt.png", "shirt.jpg", "my photo!.png"]) == [
         "shirt", "shirt-2", "shirt-3", "my_photo_",
     ]  # fmt: skip
+    # x.png's input picture would be x.input.png, x.input.png's own panel: the second is renumbered.
+    assert show_names(["x.png", "x.input.png"]) == ["x", "x.input-2"]
+    assert show_names(["x.input.png", "x.png"]) == ["x.input", "x-2"]
+
+
+def test_show_never_overwrites_a_picture_it_classifies(trained, tmp_path, official_splits) -> None:
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    picture = save(seen / "boot.input.png", official_splits[1].images[0])  # an earlier --show input, given back
+    before = picture.read_bytes()
+    result = stage(trained, "predict", str(picture), "--show", str(seen), check=False)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr == f"error: --show {seen} would overwrite your picture {picture}; choose another folder\n"
+    assert picture.read_bytes() == before and sorted(seen.iterdir()) == [picture]
 
 
 def test_make_predict_without_images_says_how_to_pass_them() -> None:

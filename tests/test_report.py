@@ -191,3 +191,48 @@ def test_damaged_metrics_name_the_key_and_the_stage_to_rerun(tmp_path, monkeypat
 def test_a_kept_epoch_beyond_the_curves_is_an_error_not_an_index_error() -> None:
     with pytest.raises(UserError, match=r"the kept epoch is 30, but the curves have 25 epochs"):
         report.kept_val_acc(HISTORIES["mlp"], 30)
+
+
+LABELS = np.array([0, 9, 6, 6])  # four test images: T-shirt/top, Ankle boot, Shirt, Shirt
+PREDICTIONS = "actual,predicted,probability\nT-shirt/top,T-shirt/top,0.9\nAnkle boot,Sandal,0.6\nShirt,Shirt,0.7\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (PREDICTIONS, "does not list the 4 test images in order"),  # truncated: a wrong confusion matrix, exit 0
+        (PREDICTIONS + "Shirt,Shirt,0.5\nShirt,Shirt,0.5\n", "does not list the 4 test images in order"),
+        (PREDICTIONS.replace("T-shirt/top,T", "Shirt,T") + "T-shirt/top,Shirt,0.5\n", "in order"),  # reordered
+        (PREDICTIONS + "Shirt,Shirt,high\n", "a probability that is not a number from 0 to 1"),
+        (PREDICTIONS + "Shirt,Shirt,1.5\n", "a probability that is not a number from 0 to 1"),
+    ],
+)
+def test_damaged_predictions_name_the_file_and_the_stage_to_rerun(tmp_path, monkeypatch, text, problem) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("plots/cnn").mkdir(parents=True)
+    Path("plots/cnn/predictions.csv").write_text(text)
+    with pytest.raises(UserError, match=r"^plots/cnn/predictions\.csv .*; run `dvc repro` to regenerate it$") as err:
+        report.read_predictions("cnn", LABELS)
+    assert problem in str(err.value)
+    Path("plots/cnn/predictions.csv").write_text(PREDICTIONS + "Shirt,Dress,0.5\n")
+    assert report.read_predictions("cnn", LABELS)["probability"].tolist() == [0.9, 0.6, 0.7, 0.5]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda rows: rows[:-1],  # nine classes: once a broadcasting traceback
+        lambda rows: rows[1:] + rows[:1],  # another order: each accuracy under the wrong class
+        lambda rows: [rows[0].replace("0.5", "abc")] + rows[1:],
+        lambda rows: [rows[0].replace("0.5", "2")] + rows[1:],
+    ],
+)
+def test_damaged_per_class_accuracy_names_the_file_and_the_stage_to_rerun(tmp_path, monkeypatch, change) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("plots/cnn").mkdir(parents=True)
+    rows = [f"{name},{0.5 + i / 100}" for i, name in enumerate(CLASS_NAMES)]
+    Path("plots/cnn/per_class.csv").write_text("class,accuracy\n" + "\n".join(change(rows)) + "\n")
+    with pytest.raises(UserError, match=r"^plots/cnn/per_class\.csv does not give an accuracy from 0 to 1 for each"):
+        report.read_per_class("cnn")
+    Path("plots/cnn/per_class.csv").write_text("class,accuracy\n" + "\n".join(rows) + "\n")
+    assert report.read_per_class("cnn").loc["Shirt"] == 0.56

@@ -56,6 +56,7 @@ def test_the_committed_tune_yaml_is_valid() -> None:
         (("study: s", "study: 'a b'"), "study must be a name"),
         (("trials: 4\n", ""), "must be a mapping with exactly the keys"),
         (("{low: 2, high: 6, step: 2}", "{low: 2, high: 6, step: 2"), "is not valid YAML at line"),
+        (("step: 2}", "step: 0.5}"), "space.mlp.epochs holds whole numbers: its step must be one, got 0.5"),
     ],
 )
 def test_a_mistake_in_tune_yaml_is_one_line_naming_it(tmp_path: Path, change: tuple[str, str], message: str) -> None:
@@ -78,6 +79,13 @@ def test_sampling_gives_values_of_each_params_type(tmp_path: Path) -> None:
     assert {json.dumps(s["mlp.hidden"]) for s in seen} == {"[64]", "[128, 64]"}  # lists, as params.yaml has them
     assert [cli_value(s["mlp.hidden"]) for s in seen[:1]] in (["[64]"], ["[128, 64]"])
     assert cli_value("gelu") == "gelu" and cli_value(0.5) == "0.5" and cli_value(True) == "true"
+
+
+def test_a_decimal_key_with_whole_number_bounds_samples_decimals(tmp_path: Path) -> None:
+    cfg = config(tmp_path, GOOD.replace("mlp.lr: {low: 0.001, high: 0.01, log: true}", "mlp.lr: {low: 1, high: 2}"))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    values = {cfg.space[0].sample(study.ask()) for _ in range(5)}
+    assert len(values) == 5 and all(type(v) is float and 1 <= v <= 2 for v in values)
 
 
 def test_a_float_range_with_a_step_samples_on_the_grid() -> None:
